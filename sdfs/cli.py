@@ -1,0 +1,160 @@
+"""The ``sdfs`` command.
+
+Exit codes: 0 success; 1 any other error; 2 bad usage; 3 input is not a
+latent candidate (stored verbatim by a mount); 4 VAE cannot be loaded;
+5 record made with another VAE; 6 corrupt or unsupported record;
+7 output could not be encoded at its recorded length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import SdfsError
+
+log = logging.getLogger("sdfs")
+
+
+def _add_model_options(parser: argparse.ArgumentParser, encoding: bool) -> None:
+    from .codec.images import DEFAULT_MAX_PIXELS
+    from .codec.latents import DEFAULT_QUALITY, QUALITIES
+    from .codec.vae import DEFAULT_FAST_DECODER, DEFAULT_MODEL
+
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=DEFAULT_MODEL, help="VAE: hub id[@revision], diffusers folder or weights file (default %(default)s)")
+    group.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default %(default)s)")
+    group.add_argument("--decoder", choices=("full", "tiny"), default="full", help="decoder that serves reads: the VAE's own or the fast TAESD one")
+    group.add_argument("--fast-decoder-model", default=DEFAULT_FAST_DECODER, help="AutoencoderTiny used by --decoder tiny (default %(default)s)")
+    if encoding:
+        group.add_argument("--quality", choices=tuple(QUALITIES), default=DEFAULT_QUALITY, help="latent quantization (default %(default)s)")
+        group.add_argument("--fidelity-floor", default="23:0.65", help="minimum PSNR[:SSIM] to keep the latent (default %(default)s)")
+        group.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are not latent candidates (default %(default)s)")
+
+
+def _load_codec(args: argparse.Namespace):
+    from .codec.codec import Codec
+    from .codec.guard import Floor
+    from .codec.vae import Vae
+
+    vae = Vae.load(args.model, device=args.device)
+    if args.decoder == "tiny":
+        vae.attach_fast_decoder(args.fast_decoder_model)
+    options = {}
+    if hasattr(args, "quality"):
+        try:
+            floor = Floor.parse(args.fidelity_floor)
+        except ValueError as error:
+            raise SdfsError(str(error)) from None
+        options = dict(quality=args.quality, floor=floor, max_pixels=args.max_pixels)
+    return Codec(vae, decoder=args.decoder, **options)
+
+
+def _read_input(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise SdfsError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _write_output(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as error:
+        raise SdfsError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from .codec.images import probe
+    from .errors import NotACandidate
+
+    data = _read_input(args.image)
+    try:
+        probe(data, args.max_pixels)  # cheap: refuse non-candidates before loading a model
+    except NotACandidate as reason:
+        raise NotACandidate(f"{args.image} is not a latent candidate: {reason}") from None
+    result = _load_codec(args).encode(data)
+    _write_output(args.record, result.record)
+    print(f"{args.image}: {result.verdict.label}: {result.verdict.reason}")
+    print(
+        f"  record {len(result.record):,} B ({result.bpp:.4f} bpp) from {result.original_length:,} B; "
+        f"decodes to {result.output_length:,} B"
+    )
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from .codec import container
+
+    data = _read_input(args.record)
+    record = container.unpack(data)  # refuse corrupt records before loading a model
+    image = _load_codec(args).decode(data)
+    _write_output(args.image, image)
+    figures = record.measurement_for(args.decoder)
+    quality = f"; measured at encode: {figures.fidelity}" if figures else ""
+    print(f"{args.image}: {len(image):,} B {record.spec.format} {record.spec.width}x{record.spec.height} {record.spec.mode}{quality}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_codec_bench
+
+    return run_codec_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdfs", description="Store images as Stable Diffusion VAE latents.")
+    parser.add_argument("--version", action="version", version=f"sdfs {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug with tracebacks)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    encode = commands.add_parser("encode", help="encode one PNG/JPEG into a latent record")
+    encode.add_argument("image", type=Path)
+    encode.add_argument("record", type=Path)
+    _add_model_options(encode, encoding=True)
+    encode.set_defaults(run=cmd_encode)
+
+    decode = commands.add_parser("decode", help="decode a latent record back into an image file")
+    decode.add_argument("record", type=Path)
+    decode.add_argument("image", type=Path)
+    _add_model_options(decode, encoding=False)
+    decode.set_defaults(run=cmd_decode)
+
+    bench = commands.add_parser("bench", help="benchmarks")
+    bench_kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    codec = bench_kinds.add_parser("codec", help="bytes, bpp, speed and memory over an image folder")
+    codec.add_argument("--images", type=Path, default=None, help="folder of PNG/JPEG (default: ../shared/bench/kodak)")
+    codec.add_argument("--out", type=Path, default=Path("bench/out"), help="where JSON and PNG go (default %(default)s)")
+    codec.add_argument("--model", default=None, help="real VAE weights: adds PSNR/MS-SSIM against JPEG, WebP and AVIF")
+    codec.add_argument("--full-size-timing-images", type=int, default=2, help="images timed with the full-size random-weight model (default %(default)s)")
+    codec.add_argument("--device", default="auto")
+    codec.set_defaults(run=cmd_bench)
+    return parser
+
+
+def configure_logging(verbosity: int) -> None:
+    level = logging.WARNING - 10 * verbosity
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("sdfs: %(levelname)s: %(message)s" if verbosity else "sdfs: %(message)s"))
+    logging.basicConfig(level=max(level, logging.DEBUG), handlers=[handler], force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        return args.run(args)
+    except SdfsError as error:
+        log.debug("details", exc_info=True)
+        print(f"sdfs: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("sdfs: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The versioned record: one image as latents plus everything needed to give
+back a file of the same kind, at a byte length fixed when it was encoded.
+
+Fields are written in one fixed order (docs/FORMAT.md lists them); nothing
+depends on dict order. The record ends with a CRC-32 of all bytes before it,
+so truncation and bit rot are detected before any field is trusted.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+from ..errors import RecordError
+from .binary import Reader, Writer
+from .guard import Fidelity
+from .images import OutputSpec
+from .vae import ModelIdentity, Tiling
+
+MAGIC = b"SDFS"
+VERSION = 1
+
+FORMATS = {"PNG": 1, "JPEG": 2}
+MODES = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
+DTYPES = {"float32": 1, "float16": 2, "bfloat16": 3}
+DECODERS = {"full": 1, "tiny": 2}
+QUALITY_IDS = {"high": 1, "medium": 2, "compact": 3, "low": 4}
+_FLAG_KEEP_LATENT = 1
+
+
+def _lookup(table: dict[str, int], code: int, what: str) -> str:
+    for name, value in table.items():
+        if value == code:
+            return name
+    raise RecordError(f"record has an unknown {what} code {code}")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Fidelity of one decoder (the one that serves reads) for this record."""
+
+    decoder: str  # "full" or "tiny"
+    decoder_sha256: bytes  # weights of that decoder, first 8 bytes
+    fidelity: Fidelity
+
+
+@dataclass(frozen=True)
+class Record:
+    model: ModelIdentity
+    encode_dtype: str
+    spec: OutputSpec
+    tiling: Tiling
+    quality: str
+    output_length: int
+    latent: bytes  # latents.encode_latent output
+    alpha: bytes = b""  # latents-style plane coding of the alpha channel, empty when none
+    keep_latent: bool = True
+    measurements: tuple[Measurement, ...] = field(default_factory=tuple)
+
+    def measurement_for(self, decoder: str) -> Measurement | None:
+        return next((m for m in self.measurements if m.decoder == decoder), None)
+
+
+def pack(record: Record) -> bytes:
+    w = Writer().raw(MAGIC).u8(VERSION).u8(_FLAG_KEEP_LATENT if record.keep_latent else 0)
+    model = record.model
+    w.text(model.name).raw(model.weights_sha256).f32(model.scaling_factor)
+    w.u8(model.latent_channels).u8(model.spatial_factor).u8(DTYPES[record.encode_dtype])
+    spec = record.spec
+    w.u8(FORMATS[spec.format]).u8(MODES[spec.mode]).varint(spec.width).varint(spec.height)
+    w.varint(record.tiling.tile).varint(record.tiling.overlap).u8(QUALITY_IDS[record.quality])
+    w.varint(record.output_length)
+    w.u8(len(spec.jpeg_qtables))
+    for table in spec.jpeg_qtables:
+        w.blob(table)
+    w.u8(spec.jpeg_subsampling & 0xFF)
+    w.blob(spec.metadata).blob(record.alpha)
+    w.u8(len(record.measurements))
+    for m in record.measurements:
+        w.u8(DECODERS[m.decoder]).raw(m.decoder_sha256[:8]).f32(m.fidelity.psnr).f32(m.fidelity.ssim)
+    w.blob(record.latent)
+    body = w.getvalue()
+    return body + zlib.crc32(body).to_bytes(4, "little")
+
+
+def is_record(data: bytes) -> bool:
+    return data[:4] == MAGIC
+
+
+def unpack(data: bytes) -> Record:
+    if len(data) < len(MAGIC) + 6 or not is_record(data):
+        raise RecordError("not an sdfs record (bad magic)")
+    version = data[4]
+    if version != VERSION:
+        raise RecordError(f"record format version {version} is not supported (this sdfs reads version {VERSION}); upgrade sdfs")
+    body, stored_crc = data[:-4], int.from_bytes(data[-4:], "little")
+    if zlib.crc32(body) != stored_crc:
+        raise RecordError("record checksum mismatch: the record is corrupt or truncated")
+    r = Reader(body)
+    r.raw(5, "magic and version")
+    flags = r.u8("flags")
+    model = ModelIdentity(
+        name=r.text("model name"),
+        weights_sha256=r.raw(32, "weights hash"),
+        scaling_factor=r.f32("scaling factor"),
+        latent_channels=r.u8("latent channels"),
+        spatial_factor=r.u8("spatial factor"),
+    )
+    encode_dtype = _lookup(DTYPES, r.u8("dtype"), "dtype")
+    image_format = _lookup(FORMATS, r.u8("format"), "format")
+    mode = _lookup(MODES, r.u8("mode"), "mode")
+    width, height = r.varint("width"), r.varint("height")
+    tiling = Tiling(r.varint("tile"), r.varint("overlap"))
+    quality = _lookup(QUALITY_IDS, r.u8("quality"), "quality")
+    output_length = r.varint("output length")
+    qtables = tuple(r.blob("jpeg qtable") for _ in range(r.u8("jpeg qtable count")))
+    subsampling = r.u8("jpeg subsampling")
+    spec = OutputSpec(
+        format=image_format,
+        mode=mode,
+        width=width,
+        height=height,
+        metadata=r.blob("metadata"),
+        jpeg_qtables=qtables,
+        jpeg_subsampling=subsampling - 256 if subsampling > 127 else subsampling,
+    )
+    alpha = r.blob("alpha")
+    measurements = tuple(
+        Measurement(
+            decoder=_lookup(DECODERS, r.u8("decoder"), "decoder"),
+            decoder_sha256=r.raw(8, "decoder hash"),
+            fidelity=Fidelity(psnr=r.f32("psnr"), ssim=r.f32("ssim")),
+        )
+        for _ in range(r.u8("measurement count"))
+    )
+    latent = r.blob("latent")
+    r.expect_end()
+    if not width or not height:
+        raise RecordError("record has zero width or height")
+    return Record(
+        model=model,
+        encode_dtype=encode_dtype,
+        spec=spec,
+        tiling=tiling,
+        quality=quality,
+        output_length=output_length,
+        latent=latent,
+        alpha=alpha,
+        keep_latent=bool(flags & _FLAG_KEEP_LATENT),
+        measurements=measurements,
+    )

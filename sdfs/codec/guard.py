@@ -1,0 +1,129 @@
+"""Fidelity measurement and the keep-latent / keep-original decision.
+
+The figures describe the bytes a reader will actually get: the reconstruction
+from the decoder that serves reads, after output encoding, against the source
+pixels. PSNR is over all colour samples; SSIM is Wang et al. (2004) with an
+11x11 Gaussian window (sigma 1.5), averaged over colour channels, which is
+what scikit-image's ``structural_similarity(gaussian_weights=True,
+use_sample_covariance=False)`` computes; MS-SSIM (benchmarks only) uses the
+five standard scales and weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+_C1 = (0.01 * 255) ** 2
+_C2 = (0.03 * 255) ** 2
+_MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    psnr: float
+    ssim: float
+
+    def __str__(self) -> str:
+        return f"PSNR {self.psnr:.2f} dB, SSIM {self.ssim:.4f}"
+
+
+@dataclass(frozen=True)
+class Floor:
+    psnr: float = 23.0
+    ssim: float = 0.65
+
+    @classmethod
+    def parse(cls, text: str) -> "Floor":
+        """``"24"`` (PSNR only), ``"24:0.7"`` or ``"psnr=24,ssim=0.7"``."""
+        try:
+            if "=" in text:
+                fields = dict(part.split("=", 1) for part in text.split(","))
+                return cls(float(fields.pop("psnr", cls.psnr)), float(fields.pop("ssim", cls.ssim)), **fields)
+            psnr, _, ssim = text.partition(":")
+            return cls(float(psnr), float(ssim) if ssim else cls.ssim)
+        except (TypeError, ValueError):
+            raise ValueError(f"fidelity floor {text!r} is not like 24, 24:0.7 or psnr=24,ssim=0.7") from None
+
+    def __str__(self) -> str:
+        return f"PSNR {self.psnr:g} dB, SSIM {self.ssim:g}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    keep_latent: bool
+    reason: str
+
+    @property
+    def label(self) -> str:
+        return "keep latent" if self.keep_latent else "keep original"
+
+
+def psnr(reference: np.ndarray, test: np.ndarray) -> float:
+    mse = np.mean((reference.astype(np.float64) - test.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+def _as_planes(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W) or (H, W, C) -> float64 (C, 1, H, W)."""
+    array = image if image.ndim == 3 else image[:, :, None]
+    return torch.from_numpy(array.astype(np.float64)).permute(2, 0, 1)[:, None]
+
+
+def _ssim_terms(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    window = _gaussian_window()
+    mu_x, mu_y = F.conv2d(x, window), F.conv2d(y, window)
+    var_x = F.conv2d(x * x, window) - mu_x**2
+    var_y = F.conv2d(y * y, window) - mu_y**2
+    cov = F.conv2d(x * y, window) - mu_x * mu_y
+    contrast_structure = (2 * cov + _C2) / (var_x + var_y + _C2)
+    luminance = (2 * mu_x * mu_y + _C1) / (mu_x**2 + mu_y**2 + _C1)
+    return luminance * contrast_structure, contrast_structure
+
+
+def ssim(reference: np.ndarray, test: np.ndarray) -> float:
+    x, y = _as_planes(reference), _as_planes(test)
+    if min(x.shape[-2:]) < 11:  # too small for the window: fall back to one global window
+        x, y = F.interpolate(x, size=(11, 11)), F.interpolate(y, size=(11, 11))
+    full, _ = _ssim_terms(x, y)
+    return float(full.mean())
+
+
+def ms_ssim(reference: np.ndarray, test: np.ndarray) -> float:
+    """Multi-scale SSIM (Wang, Simoncelli, Bovik 2003); needs sides >= 176."""
+    x, y = _as_planes(reference), _as_planes(test)
+    if min(x.shape[-2:]) < 11 * 2 ** (len(_MS_SSIM_WEIGHTS) - 1):
+        raise ValueError("MS-SSIM needs images of at least 176x176 pixels")
+    value = torch.ones(x.shape[0], dtype=torch.float64)
+    for scale, weight in enumerate(_MS_SSIM_WEIGHTS):
+        full, cs = _ssim_terms(x, y)
+        last = scale == len(_MS_SSIM_WEIGHTS) - 1
+        term = full.mean(dim=(1, 2, 3)) if last else cs.mean(dim=(1, 2, 3))
+        value = value * torch.clamp(term, min=0) ** weight
+        x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+    return float(value.mean())
+
+
+def measure(reference: np.ndarray, test: np.ndarray) -> Fidelity:
+    if reference.shape != test.shape:
+        raise ValueError(f"shapes differ: {reference.shape} vs {test.shape}")
+    return Fidelity(psnr(reference, test), ssim(reference, test))
+
+
+def decide(fidelity: Fidelity, floor: Floor, record_bytes: int, original_bytes: int) -> Verdict:
+    if fidelity.psnr < floor.psnr or fidelity.ssim < floor.ssim:
+        return Verdict(False, f"{fidelity} is below the floor ({floor})")
+    if record_bytes >= original_bytes:
+        return Verdict(False, f"the latent record ({record_bytes} B) is not smaller than the original ({original_bytes} B)")
+    return Verdict(True, f"{fidelity} meets the floor ({floor}); {original_bytes} B -> {record_bytes} B")

@@ -1,0 +1,619 @@
+"""Safe decoding of input images and fixed-length encoding of reconstructions.
+
+Two halves:
+
+* :func:`probe` judges raw bytes by content and either returns a
+  :class:`SourceImage` (8-bit PNG or JPEG that can round-trip through latents)
+  or raises :class:`~sdfs.errors.NotACandidate` with a one-line reason.  It never
+  raises anything else, and it checks structure and header dimensions before
+  Pillow decodes a single pixel, so hostile input costs neither time nor memory.
+
+* :func:`plan_output_length` / :func:`render_output` re-create a file of the
+  source's kind whose byte length is fixed at encode time.  The neural decoder
+  may differ by a level or so between devices, yet the filesystem reports
+  ``st_size`` before decoding, so the length must not depend on pixel values:
+  PNG output uses stored (uncompressed) deflate blocks, JPEG output is padded
+  with COM segments up to a planned length that includes some headroom.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, JpegImagePlugin, PngImagePlugin
+from PIL.JpegPresets import presets as _JPEG_PRESETS
+
+from sdfs.errors import NotACandidate, OutputEncodingError
+
+DEFAULT_MAX_PIXELS = 50_000_000
+
+_CHANNELS = {"L": 1, "RGB": 3, "LA": 2, "RGBA": 4}
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Everything needed to re-create an output file of the same kind."""
+
+    format: str  # "PNG" or "JPEG"
+    mode: str  # "L", "RGB", "LA" or "RGBA" (JPEG: only L or RGB)
+    width: int
+    height: int
+    metadata: bytes  # raw PNG chunks / JPEG segments, reinserted verbatim
+    # JPEG only: source quantization tables in natural order, each 64 bytes
+    # (all values <= 255) or 128 bytes of big-endian u16.
+    jpeg_qtables: tuple[bytes, ...] = ()
+    # JPEG only: Pillow's subsampling code (0=4:4:4, 1=4:2:2, 2=4:2:0), -1 unknown.
+    jpeg_subsampling: int = -1
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """A decoded latent candidate: colour planes plus an optional exact alpha."""
+
+    spec: OutputSpec
+    pixels: np.ndarray  # uint8 (H, W, C): C=1 for L/LA, C=3 for RGB/RGBA
+    alpha: np.ndarray | None  # uint8 (H, W) for LA/RGBA, else None
+
+
+# --------------------------------------------------------------------------
+# probe
+# --------------------------------------------------------------------------
+
+
+def probe(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> SourceImage:
+    """Decode ``data`` if it is a latent candidate, else raise NotACandidate.
+
+    The format is judged by content only.  Any failure, including whatever
+    Pillow raises on hostile input (and warnings promoted to errors by ``-W
+    error``), becomes NotACandidate: the caller then stores the bytes verbatim.
+    The global warning filters are deliberately left alone, because changing
+    them is not thread-safe and the filesystem probes from several threads.
+
+    ``max_pixels`` is checked against the header before any pixel is decoded,
+    and it is the only size limit: the PNG/JPEG plugins are used directly, so
+    Pillow's ``MAX_IMAGE_PIXELS`` check (done in ``Image.open``) does not apply.
+    """
+    try:
+        if not data:
+            raise NotACandidate("empty file: there is no image to store as latents")
+        if data.startswith(_PNG_SIGNATURE):
+            return _probe_png(data, max_pixels)
+        if data.startswith(b"\xff\xd8\xff"):
+            return _probe_jpeg(data, max_pixels)
+        raise NotACandidate(_describe_other(data))
+    except NotACandidate:
+        raise
+    except Exception as exc:  # noqa: BLE001 - hostile input can make Pillow raise anything
+        raise NotACandidate(f"the image cannot be decoded ({_one_line(exc)})") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:120]
+
+
+def _describe_other(data: bytes) -> str:
+    """Name what the bytes look like, cheaply, for a helpful rejection."""
+    kind = None
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        kind = "WebP"
+    elif data[4:8] == b"ftyp":
+        brand = data[8:12]
+        kind = {b"avif": "AVIF", b"avis": "AVIF", b"heic": "HEIC", b"mif1": "HEIF"}.get(
+            brand, "ISO media (MP4/MOV/HEIF)"
+        )
+    else:
+        for magic, name in _OTHER_SIGNATURES:
+            if data.startswith(magic):
+                kind = name
+                break
+    if kind is None:
+        return "not a PNG or JPEG image (unrecognised content)"
+    return f"{kind} data: only PNG and JPEG images are stored as latents"
+
+
+_OTHER_SIGNATURES = (
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+    (b"\xff\x0a", "JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"8BPS", "Photoshop"),
+    (b"%PDF", "PDF"),
+)
+
+
+def _check_pixel_count(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise NotACandidate(
+            f"image is {width}x{height}, over the {max_pixels}-pixel limit for latents"
+        )
+
+
+def _split_alpha(samples: np.ndarray, has_alpha: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W, C) samples -> contiguous colour planes and alpha (or None)."""
+    if samples.ndim == 2:
+        samples = samples[:, :, None]
+    if not has_alpha:
+        return np.ascontiguousarray(samples), None
+    return np.ascontiguousarray(samples[:, :, :-1]), np.ascontiguousarray(samples[:, :, -1])
+
+
+# ---- PNG -------------------------------------------------------------------
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CRITICAL = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND"})
+_PNG_METADATA_CHUNKS = frozenset(
+    {b"iCCP", b"sRGB", b"gAMA", b"cHRM", b"cICP", b"sBIT", b"pHYs",
+     b"tEXt", b"zTXt", b"iTXt", b"tIME", b"eXIf", b"bKGD"}
+)  # fmt: skip
+# Allowed bit depths per colour type (PNG spec, table 11.1).
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+# Walking chunks costs a few microseconds each (here and again in Pillow);
+# this bounds a file of millions of empty chunks to well under a second.  A
+# 50-megapixel image in libpng's 8 KiB IDAT chunks needs about 25 000.
+_PNG_MAX_CHUNKS = 1 << 16
+
+
+@dataclass(frozen=True)
+class _PngChunk:
+    type: bytes
+    start: int  # offset of the length field
+    end: int  # offset just past the CRC
+
+    def payload(self, data: bytes) -> bytes:
+        return data[self.start + 8 : self.end - 4]
+
+
+def _probe_png(data: bytes, max_pixels: int) -> SourceImage:
+    chunks = _png_chunks(data)
+    width, height, depth, colour = _png_header(chunks[0].payload(data))
+    _check_png_chunk_kinds(chunks)
+    _check_pixel_count(width, height, max_pixels)
+    trns = next((c.payload(data) for c in chunks if c.type == b"tRNS"), None)
+    # Constructing the plugin directly (not Image.open) skips sniffing other
+    # formats: the signature already told us what this is.
+    with PngImagePlugin.PngImageFile(io.BytesIO(data)) as im:
+        im.load()
+        if im.size != (width, height):
+            raise NotACandidate("corrupt PNG: decoded size disagrees with its header")
+        mode, pixels, alpha = _png_planes(im, colour, depth, trns)
+    spec = OutputSpec("PNG", mode, width, height, _png_metadata(data, chunks, colour, depth, mode))
+    return SourceImage(spec, pixels, alpha)
+
+
+def _png_chunks(data: bytes) -> list[_PngChunk]:
+    """Walk every chunk up to IEND, verifying each CRC and the file's end."""
+    view = memoryview(data)
+    chunks: list[_PngChunk] = []
+    pos = len(_PNG_SIGNATURE)
+    while not chunks or chunks[-1].type != b"IEND":
+        if len(chunks) >= _PNG_MAX_CHUNKS:
+            raise NotACandidate("PNG has an implausible number of chunks")
+        if pos + 12 > len(data):
+            raise NotACandidate("truncated PNG: the file ends before its IEND chunk")
+        length, ctype = struct.unpack_from(">I4s", data, pos)
+        end = pos + 12 + length
+        if length > 0x7FFFFFFF or end > len(data):
+            raise NotACandidate("truncated PNG: the file ends inside a chunk")
+        if not ctype.isalpha():
+            raise NotACandidate("corrupt PNG: invalid chunk type")
+        (crc,) = struct.unpack_from(">I", data, end - 4)
+        if zlib.crc32(view[pos + 4 : end - 4]) != crc:
+            raise NotACandidate(f"corrupt PNG: CRC mismatch in chunk {ctype.decode()}")
+        chunks.append(_PngChunk(ctype, pos, end))
+        pos = end
+    if pos != len(data):
+        raise NotACandidate(
+            f"{len(data) - pos} bytes follow the PNG end (IEND) and would be lost"
+        )
+    if chunks[0].type != b"IHDR":
+        raise NotACandidate("corrupt PNG: the first chunk is not IHDR")
+    return chunks
+
+
+def _png_header(ihdr: bytes) -> tuple[int, int, int, int]:
+    """Validate IHDR ourselves: Pillow silently reduces 16-bit RGB to 8 bits."""
+    if len(ihdr) != 13:
+        raise NotACandidate("corrupt PNG: malformed IHDR chunk")
+    width, height, depth, colour, compression, filtering, interlace = struct.unpack(
+        ">IIBBBBB", ihdr
+    )
+    if (
+        not (0 < width <= 0x7FFFFFFF and 0 < height <= 0x7FFFFFFF)
+        or depth not in _PNG_DEPTHS.get(colour, ())
+        or (compression, filtering) != (0, 0)
+        or interlace not in (0, 1)
+    ):
+        raise NotACandidate("corrupt PNG: invalid IHDR values")
+    if depth == 16:
+        raise NotACandidate("16-bit PNG: only 8-bit images are stored as latents")
+    return width, height, depth, colour
+
+
+def _check_png_chunk_kinds(chunks: list[_PngChunk]) -> None:
+    types = {c.type for c in chunks}
+    if b"acTL" in types:
+        raise NotACandidate("animated PNG (APNG): its frames would be lost")
+    unknown = sorted(t for t in types if t[:1].isupper() and t not in _PNG_CRITICAL)
+    if unknown:
+        raise NotACandidate(f"PNG uses an unknown critical chunk {unknown[0].decode()}")
+    if b"IDAT" not in types:
+        raise NotACandidate("corrupt PNG: no image data (IDAT)")
+
+
+def _png_planes(
+    im: Image.Image, colour: int, depth: int, trns: bytes | None
+) -> tuple[str, np.ndarray, np.ndarray | None]:
+    """Pixels as 8-bit L/RGB planes; palette and tRNS become real alpha."""
+    if colour == 3:
+        has_alpha = trns is not None
+        samples = np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
+        pixels, alpha = _split_alpha(samples, has_alpha)
+    else:
+        samples = np.asarray(im.convert("L") if im.mode == "1" else im)
+        pixels, alpha = _split_alpha(samples, colour in (4, 6))
+        if colour in (0, 2) and trns is not None:
+            alpha = _colour_key_alpha(pixels, trns, depth)
+    base = "L" if pixels.shape[2] == 1 else "RGB"
+    return (base if alpha is None else base + "A"), pixels, alpha
+
+
+def _colour_key_alpha(pixels: np.ndarray, trns: bytes, depth: int) -> np.ndarray:
+    """Alpha for a tRNS colour key: 0 where a pixel equals the key, else 255."""
+    channels = pixels.shape[2]
+    if len(trns) < 2 * channels:
+        raise NotACandidate("corrupt PNG: tRNS chunk is too short")
+    # The key is in the source's sample scale; the planes are 8-bit with
+    # Pillow's bit replication (e.g. 2-bit 3 -> 255), so scale it the same way.
+    scale = 255 // (2**depth - 1)
+    key = np.array(struct.unpack(f">{channels}H", trns[: 2 * channels]), np.int64) * scale
+    transparent = np.all(pixels == key, axis=2)
+    return np.where(transparent, 0, 255).astype(np.uint8)
+
+
+def _png_metadata(
+    data: bytes, chunks: list[_PngChunk], colour: int, depth: int, mode: str
+) -> bytes:
+    """Whitelisted ancillary chunks, raw and in order, still valid for our output."""
+    keep = set(_PNG_METADATA_CHUNKS)
+    if colour == 3:
+        keep -= {b"sBIT", b"bKGD"}  # both refer to the palette, which the output lacks
+    if depth != 8:
+        keep.discard(b"bKGD")  # its sample value is in the source's bit-depth scale
+    kept = []
+    for chunk in chunks:
+        if chunk.type not in keep:
+            continue
+        # sBIT has one byte per channel; a tRNS key that became alpha adds one.
+        if chunk.type == b"sBIT" and len(chunk.payload(data)) != _CHANNELS[mode]:
+            continue
+        kept.append(data[chunk.start : chunk.end])
+    return b"".join(kept)
+
+
+# ---- JPEG ------------------------------------------------------------------
+
+_SOI, _EOI, _SOS, _COM, _APP14 = 0xD8, 0xD9, 0xDA, 0xFE, 0xEE
+_APP_MARKERS = frozenset(range(0xE0, 0xF0))
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # minus DHT, JPG, DAC
+_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0..7
+# A marker: fill bytes then a non-0xFF code.  Anchored use only (match).
+_MARKER = re.compile(rb"\xff+([^\xff])")
+# Next marker inside entropy-coded data: 0xFF not followed by stuffing (00),
+# a restart code or another fill byte.  Linear: no repetition to backtrack.
+_SCAN_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+@dataclass
+class _JpegLayout:
+    metadata: list[bytes]  # raw APPn/COM segments before the frame
+    frame: bytes | None = None  # SOF payload
+    multi_picture: bool = False  # APP2 "MPF": an MPO with more images after EOI
+    end: int = 0  # offset just past EOI
+
+
+def _probe_jpeg(data: bytes, max_pixels: int) -> SourceImage:
+    layout = _walk_jpeg(data)
+    if layout.multi_picture:
+        raise NotACandidate("multi-picture JPEG (MPO): its extra images would be lost")
+    if layout.end != len(data):
+        raise NotACandidate(
+            f"{len(data) - layout.end} bytes follow the JPEG end (EOI), e.g. a motion-photo "
+            "video, and would be lost"
+        )
+    width, height = _check_jpeg_frame(layout.frame)
+    _check_pixel_count(width, height, max_pixels)
+    with JpegImagePlugin.JpegImageFile(io.BytesIO(data)) as im:
+        im.load()
+        if im.mode not in ("L", "RGB"):
+            raise NotACandidate(f"JPEG colour mode {im.mode} is not supported")
+        if im.size != (width, height):
+            raise NotACandidate("corrupt JPEG: decoded size disagrees with its header")
+        pixels, _ = _split_alpha(np.asarray(im), has_alpha=False)
+        qtables = tuple(_pack_qtable(im.quantization[k]) for k in sorted(im.quantization))
+        spec = OutputSpec(
+            "JPEG", im.mode, width, height, b"".join(layout.metadata),
+            qtables, JpegImagePlugin.get_sampling(im),
+        )  # fmt: skip
+    return SourceImage(spec, pixels, None)
+
+
+def _walk_jpeg(data: bytes) -> _JpegLayout:
+    """Follow segments and entropy-coded scans from SOI to the first EOI."""
+    layout = _JpegLayout(metadata=[])
+    pos, in_scan = 2, False
+    while True:
+        if in_scan:
+            found = _SCAN_MARKER.search(data, pos)
+            if found is None:
+                raise NotACandidate("truncated JPEG: no end-of-image (EOI) marker")
+            pos = found.start()
+        match = _MARKER.match(data, pos)
+        if match is None:
+            raise NotACandidate("truncated or corrupt JPEG: expected a marker")
+        marker, pos = match[1][0], match.end()
+        if marker == _EOI:
+            if not in_scan:
+                raise NotACandidate("corrupt JPEG: it ends before any image data")
+            layout.end = pos
+            return layout
+        if marker in _STANDALONE_MARKERS:
+            continue
+        if marker == _SOI or pos + 2 > len(data):
+            raise NotACandidate("truncated or corrupt JPEG: bad segment")
+        seg_end = pos + ((data[pos] << 8) | data[pos + 1])
+        if seg_end < pos + 2 or seg_end > len(data):
+            raise NotACandidate("truncated JPEG: the file ends inside a segment")
+        _note_jpeg_segment(layout, marker, data[pos - 2 : seg_end], in_scan)
+        in_scan = in_scan or marker == _SOS
+        pos = seg_end
+
+
+def _note_jpeg_segment(layout: _JpegLayout, marker: int, segment: bytes, in_scan: bool) -> None:
+    """Record what matters about one segment (``segment`` = FF, code, length, payload)."""
+    payload = segment[4:]
+    if marker in _SOF_MARKERS:
+        if layout.frame is not None:
+            raise NotACandidate("hierarchical JPEG (several frames) is not supported")
+        layout.frame = payload
+    elif marker == _SOS and layout.frame is None:
+        raise NotACandidate("corrupt JPEG: image data before the frame header")
+    elif marker == 0xE2 and payload.startswith(b"MPF\x00"):
+        layout.multi_picture = True
+    # Metadata is what precedes the frame.  Adobe APP14 is dropped: it names the
+    # original encoder's colour transform, which our re-encode does not use.
+    before_frame = layout.frame is None and not in_scan
+    is_adobe = marker == _APP14 and payload.startswith(b"Adobe")
+    if before_frame and (marker in _APP_MARKERS or marker == _COM) and not is_adobe:
+        layout.metadata.append(segment)
+
+
+def _check_jpeg_frame(frame: bytes | None) -> tuple[int, int]:
+    """Reject from the SOF header what we cannot hold in 8-bit L/RGB planes."""
+    if frame is None or len(frame) < 6:
+        raise NotACandidate("corrupt JPEG: missing or malformed frame header")
+    precision, height, width, components = struct.unpack(">BHHB", frame[:6])
+    if precision != 8:
+        raise NotACandidate(f"{precision}-bit JPEG: only 8-bit images are stored as latents")
+    if components == 4:
+        raise NotACandidate("CMYK/YCCK JPEG: only grayscale and RGB images are stored as latents")
+    if components not in (1, 3):
+        raise NotACandidate(f"JPEG with {components} colour components is not supported")
+    if width == 0 or height == 0:
+        raise NotACandidate("JPEG without explicit dimensions (DNL) is not supported")
+    return width, height
+
+
+def _pack_qtable(table) -> bytes:
+    values = np.asarray(table, dtype=np.int64)
+    if values.max() <= 255:
+        return values.astype(np.uint8).tobytes()
+    return values.astype(">u2").tobytes()
+
+
+# --------------------------------------------------------------------------
+# fixed-length output
+# --------------------------------------------------------------------------
+
+
+def plan_output_length(spec: OutputSpec, pixels: np.ndarray, alpha: np.ndarray | None) -> int:
+    """The byte length every later :func:`render_output` of this image must hit."""
+    pixels, alpha = _check_planes(spec, pixels, alpha)
+    if spec.format == "PNG":
+        return _png_length(spec)
+    natural = len(_jpeg_head(spec)) + len(_jpeg_body(spec, pixels, _base_qtables(spec)))
+    return natural + max(_JPEG_MIN_HEADROOM, natural // _JPEG_HEADROOM_DIVISOR)
+
+
+def render_output(
+    spec: OutputSpec, pixels: np.ndarray, alpha: np.ndarray | None, length: int
+) -> bytes:
+    """Encode the planes as a valid file of exactly ``length`` bytes.
+
+    Raises OutputEncodingError if that is impossible (wrong planes for the
+    spec, a PNG length other than the planned one, or a JPEG that will not fit
+    even after re-encoding at lower quality).
+    """
+    pixels, alpha = _check_planes(spec, pixels, alpha)
+    if spec.format == "PNG":
+        out = _render_png(spec, pixels, alpha, length)
+    else:
+        out = _render_jpeg(spec, pixels, length)
+    if len(out) != length:  # guards the length arithmetic; cheap
+        raise OutputEncodingError(f"internal error: encoded {len(out)} bytes, not {length}")
+    return out
+
+
+def _check_planes(
+    spec: OutputSpec, pixels: np.ndarray, alpha: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validate planes against the spec; return them as uint8 arrays."""
+    formats = {"PNG": ("L", "RGB", "LA", "RGBA"), "JPEG": ("L", "RGB")}
+    if spec.mode not in formats.get(spec.format, ()):
+        raise OutputEncodingError(f"cannot write a {spec.format} image in mode {spec.mode}")
+    pixels = np.asarray(pixels)
+    colour = 1 if spec.mode in ("L", "LA") else 3
+    if pixels.dtype != np.uint8 or pixels.shape != (spec.height, spec.width, colour):
+        raise OutputEncodingError(
+            f"pixels must be uint8 {(spec.height, spec.width, colour)}, "
+            f"got {pixels.dtype} {pixels.shape}"
+        )
+    wants_alpha = spec.mode.endswith("A")
+    if wants_alpha != (alpha is not None):
+        raise OutputEncodingError(f"mode {spec.mode} {'needs' if wants_alpha else 'has no'} alpha")
+    if alpha is not None:
+        alpha = np.asarray(alpha)
+        if alpha.dtype != np.uint8 or alpha.shape != (spec.height, spec.width):
+            raise OutputEncodingError(
+                f"alpha must be uint8 {(spec.height, spec.width)}, got {alpha.dtype} {alpha.shape}"
+            )
+    return pixels, alpha
+
+
+# ---- PNG: stored deflate, so the length is pure arithmetic -----------------
+
+_STORED_MAX = 65535  # largest stored deflate block
+_IDAT_MAX = 1 << 20  # IDAT payload size; any value works, this keeps chunks modest
+_ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, no dictionary, "fastest"
+
+
+def _png_length(spec: OutputSpec) -> int:
+    raw = spec.height * (1 + spec.width * _CHANNELS[spec.mode])
+    stream = len(_ZLIB_HEADER) + raw + 5 * _ceil_div(raw, _STORED_MAX) + 4
+    idat_overhead = 12 * _ceil_div(stream, _IDAT_MAX)  # length, type, CRC per chunk
+    ihdr, iend = 12 + 13, 12
+    return len(_PNG_SIGNATURE) + ihdr + len(spec.metadata) + stream + idat_overhead + iend
+
+
+def _render_png(
+    spec: OutputSpec, pixels: np.ndarray, alpha: np.ndarray | None, length: int
+) -> bytes:
+    expected = _png_length(spec)
+    if length != expected:
+        raise OutputEncodingError(
+            f"this PNG always encodes to {expected} bytes, but {length} were recorded"
+        )
+    channels, colour = _CHANNELS[spec.mode], pixels.shape[2]
+    rows = np.empty((spec.height, 1 + spec.width * channels), np.uint8)
+    rows[:, 0] = 0  # filter type None
+    samples = rows[:, 1:].reshape(spec.height, spec.width, channels)  # a view into rows
+    samples[:, :, :colour] = pixels
+    if alpha is not None:
+        samples[:, :, colour] = alpha
+    stream = memoryview(_stored_zlib(memoryview(rows.reshape(-1))))
+
+    colour_type = {"L": 0, "RGB": 2, "LA": 4, "RGBA": 6}[spec.mode]
+    ihdr = struct.pack(">IIBBBBB", spec.width, spec.height, 8, colour_type, 0, 0, 0)
+    pieces = [_PNG_SIGNATURE, *_png_chunk(b"IHDR", ihdr), spec.metadata]
+    for start in range(0, len(stream), _IDAT_MAX):
+        pieces += _png_chunk(b"IDAT", stream[start : start + _IDAT_MAX])
+    pieces += _png_chunk(b"IEND", b"")
+    return b"".join(pieces)
+
+
+def _stored_zlib(raw: memoryview) -> bytes:
+    """A zlib stream of stored blocks, written by hand so its size is fixed
+    (zlib.compress(level=0) splits blocks as an implementation detail)."""
+    pieces = [_ZLIB_HEADER]
+    for start in range(0, len(raw), _STORED_MAX):
+        block = raw[start : start + _STORED_MAX]
+        final = start + _STORED_MAX >= len(raw)
+        pieces += (struct.pack("<BHH", final, len(block), len(block) ^ 0xFFFF), block)
+    pieces.append(struct.pack(">I", zlib.adler32(raw)))
+    return b"".join(pieces)
+
+
+def _png_chunk(ctype: bytes, payload) -> list:
+    """A chunk as pieces (header, payload, CRC) so callers join once."""
+    crc = zlib.crc32(payload, zlib.crc32(ctype))
+    return [struct.pack(">I", len(payload)) + ctype, payload, struct.pack(">I", crc)]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ---- JPEG: natural encode plus COM padding ---------------------------------
+
+_JPEG_MIN_HEADROOM = 64
+_JPEG_HEADROOM_DIVISOR = 50  # 2 % of the natural size
+_JPEG_MAX_NOTCHES = 20  # 1.1 ** 20 ~ 6.7x coarser tables at worst
+_COM_MIN, _COM_MAX = 4, 4 + 65533  # segment bytes: FF FE, length, payload
+_PAD_TAG = b"sdfs-pad"
+# Tables for a JPEG spec that carries none (e.g. a lossless JPEG source).
+_DEFAULT_QTABLES = _JPEG_PRESETS["web_very_high"]["quantization"]
+
+
+def _render_jpeg(spec: OutputSpec, pixels: np.ndarray, length: int) -> bytes:
+    head = _jpeg_head(spec)
+    tables = _base_qtables(spec)
+    for _ in range(_JPEG_MAX_NOTCHES + 1):
+        body = _jpeg_body(spec, pixels, tables)
+        pad = length - len(head) - len(body)
+        if pad == 0 or pad >= _COM_MIN:
+            return b"".join([head, *_com_padding(pad), body])
+        coarser = _notch_lower(tables)  # too big, or 1..3 bytes short of a COM
+        if all(np.array_equal(old, new) for old, new in zip(tables, coarser)):
+            break  # already as coarse as baseline tables go
+        tables = coarser
+    raise OutputEncodingError(
+        f"the JPEG reconstruction does not fit its recorded {length} bytes "
+        "even at reduced quality"
+    )
+
+
+def _jpeg_head(spec: OutputSpec) -> bytes:
+    return b"\xff\xd8" + spec.metadata
+
+
+def _jpeg_body(spec: OutputSpec, pixels: np.ndarray, tables: list[np.ndarray]) -> bytes:
+    """Pillow's sequential encoding from its first non-APPn/COM segment (DQT...)."""
+    image = Image.fromarray(pixels[:, :, 0] if spec.mode == "L" else pixels)
+    options = {"qtables": [t.tolist() for t in tables], "optimize": False, "progressive": False}
+    if spec.mode == "RGB":
+        options["subsampling"] = spec.jpeg_subsampling if spec.jpeg_subsampling in (0, 1, 2) else 2
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", **options)
+    encoded = buffer.getvalue()
+    pos = 2  # after SOI; skip Pillow's JFIF (and any other) header segments
+    while encoded[pos + 1] in _APP_MARKERS or encoded[pos + 1] == _COM:
+        pos += 2 + ((encoded[pos + 2] << 8) | encoded[pos + 3])
+    return encoded[pos:]
+
+
+def _base_qtables(spec: OutputSpec) -> list[np.ndarray]:
+    if not spec.jpeg_qtables:
+        return [np.asarray(t, np.int64) for t in _DEFAULT_QTABLES]
+    tables = []
+    for packed in spec.jpeg_qtables:
+        if len(packed) not in (64, 128):
+            raise OutputEncodingError("JPEG spec holds a malformed quantization table")
+        dtype = np.uint8 if len(packed) == 64 else ">u2"
+        tables.append(np.frombuffer(packed, dtype).astype(np.int64))
+    return tables
+
+
+def _notch_lower(tables: list[np.ndarray]) -> list[np.ndarray]:
+    """Coarser tables: each entry x1.1 rounded up (integer maths: no 11.000001),
+    capped at 255 to stay baseline, but never below its current value (a
+    16-bit table's entries above 255 must not get finer)."""
+    return [np.clip((t * 11 + 9) // 10, 1, np.maximum(t, 255)) for t in tables]
+
+
+def _com_padding(pad: int) -> list[bytes]:
+    """``pad`` bytes (0 or >= 4) of COM segments, split evenly below 64 KiB each."""
+    if pad == 0:
+        return []
+    count = _ceil_div(pad, _COM_MAX)
+    sizes = [pad // count + (i < pad % count) for i in range(count)]
+    filler = _PAD_TAG + bytes(_COM_MAX)
+    return [b"\xff\xfe" + struct.pack(">H", n - 2) + filler[: n - 4] for n in sizes]

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny random VAEs saved and loaded like real ones."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Never let a test reach for the hub, even on a connected machine.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "kodak"
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_dir(tmp_path_factory) -> Path:
+    from sdfs.codec.random_models import save_random_vae
+
+    return save_random_vae(tmp_path_factory.mktemp("tiny-vae"))
+
+
+@pytest.fixture(scope="session")
+def tiny_fast_decoder_dir(tmp_path_factory) -> Path:
+    from sdfs.codec.random_models import save_random_fast_decoder
+
+    return save_random_fast_decoder(tmp_path_factory.mktemp("tiny-taesd"))
+
+
+@pytest.fixture(scope="session")
+def factor8_vae_dir(tmp_path_factory) -> Path:
+    """Small channels but the real spatial factor (8), so a 512x512 image
+    gives the real 4x64x64 latent."""
+    from sdfs.codec.random_models import save_random_vae
+
+    return save_random_vae(
+        tmp_path_factory.mktemp("factor8-vae"),
+        block_out_channels=(32, 32, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_vae(tiny_vae_dir):
+    from sdfs.codec.vae import Vae
+
+    return Vae.load(str(tiny_vae_dir), device="cpu")
+
+
+def kodak_image(index: int = 23) -> np.ndarray:
+    from PIL import Image
+
+    path = KODAK / f"kodim{index:02d}.png"
+    if not path.exists():
+        pytest.skip(f"benchmark images not found at {KODAK}")
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def smooth_latent(seed: int = 0, shape=(4, 64, 64)) -> np.ndarray:
+    """Spatially correlated values like a real latent (a blurred noise field)."""
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(size=shape)
+    for axis in (1, 2):
+        noise = (noise + np.roll(noise, 1, axis) + np.roll(noise, -1, axis)) / 3
+    return (noise * 4).astype(np.float32)

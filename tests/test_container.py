@@ -1,0 +1,67 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+from sdfs.codec import container
+from sdfs.codec.container import Measurement, Record
+from sdfs.codec.guard import Fidelity
+from sdfs.codec.images import OutputSpec
+from sdfs.codec.vae import ModelIdentity, Tiling
+from sdfs.errors import RecordError
+
+
+def _record(**changes) -> Record:
+    base = Record(
+        model=ModelIdentity("stabilityai/sd-vae-ft-mse", bytes(range(32)), 0.18215, 4, 8),
+        encode_dtype="float16",
+        spec=OutputSpec("JPEG", "RGB", 768, 512, b"\xff\xe1\x00\x04ab", (bytes(64), bytes(range(64))), 2),
+        tiling=Tiling(64, 8),
+        quality="compact",
+        output_length=123_456,
+        latent=b"latent-bytes",
+        alpha=b"",
+        measurements=(Measurement("full", b"12345678", Fidelity(25.5, 0.75)),),
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_round_trip_keeps_every_field():
+    record = _record()
+    restored = container.unpack(container.pack(record))
+    assert restored.model.scaling_factor == pytest.approx(0.18215)
+    assert dataclasses.replace(restored, model=record.model, measurements=record.measurements) == record
+    assert restored.measurements[0].fidelity.psnr == pytest.approx(25.5)
+    png = _record(spec=OutputSpec("PNG", "LA", 3, 2, b""), alpha=b"\x01\x02", keep_latent=False)
+    assert container.unpack(container.pack(png)).spec == png.spec
+    assert not container.unpack(container.pack(png)).keep_latent
+
+
+def test_header_starts_with_magic_and_version():
+    data = container.pack(_record())
+    assert data[:4] == b"SDFS" and data[4] == container.VERSION
+
+
+def test_unknown_version_is_refused_clearly():
+    data = bytearray(container.pack(_record()))
+    data[4] = 99
+    with pytest.raises(RecordError, match="version 99 is not supported"):
+        container.unpack(bytes(data))
+
+
+def test_every_truncation_and_bit_flip_is_detected():
+    data = container.pack(_record())
+    for cut in range(len(data)):
+        with pytest.raises(RecordError):
+            container.unpack(data[:cut])
+    rng = np.random.default_rng(0)
+    for position in range(len(data)):
+        damaged = bytearray(data)
+        damaged[position] ^= 1 << int(rng.integers(8))
+        with pytest.raises(RecordError):
+            container.unpack(bytes(damaged))
+
+
+def test_not_a_record():
+    with pytest.raises(RecordError, match="bad magic"):
+        container.unpack(b"\x89PNG\r\n\x1a\n" + bytes(100))

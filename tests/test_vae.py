@@ -1,0 +1,137 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from sdfs.codec.guard import psnr
+from sdfs.codec.random_models import save_random_vae
+from sdfs.codec.vae import Tiling, Vae, fingerprint, load_autoencoder
+from sdfs.errors import ModelMismatch, ModelUnavailable
+from tests.conftest import kodak_image
+
+
+def test_load_from_folder_and_single_file_agree(tiny_vae_dir):
+    from_folder = Vae.load(str(tiny_vae_dir), device="cpu")
+    weights = tiny_vae_dir / "diffusion_pytorch_model.safetensors"
+    from_file = Vae.load(str(weights), device="cpu")
+    assert from_folder.identity.weights_sha256 == from_file.identity.weights_sha256
+    assert from_folder.identity.spatial_factor == 2  # derived from the config, not a literal 8
+    assert from_folder.identity.latent_channels == 4
+
+
+def test_single_file_in_original_ldm_layout(tiny_vae_dir, tmp_path):
+    """Weights files from the original Stable Diffusion repo use other key names."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+    from safetensors.torch import save_file
+
+    model, _ = load_autoencoder(str(tiny_vae_dir))
+    state = model.state_dict()
+    mapping = DIFFUSERS_TO_LDM_MAPPING["vae"]
+    renamed = {mapping.get(k, k): v.contiguous() for k, v in state.items()}
+    if renamed.keys() == state.keys():
+        pytest.skip("this diffusers has no LDM key map for these layers")
+    (tmp_path / "config.json").write_text((tiny_vae_dir / "config.json").read_text())
+    save_file(renamed, str(tmp_path / "vae.safetensors"))
+    try:
+        loaded = Vae.load(str(tmp_path / "vae.safetensors"), device="cpu")
+    except ModelUnavailable as error:
+        pytest.skip(f"partial LDM map for a tiny config: {error}")
+    assert loaded.identity.weights_sha256 == fingerprint(model)
+
+
+def test_fingerprint_separates_weights(tmp_path):
+    a = Vae.load(str(save_random_vae(tmp_path / "a", seed=1)), device="cpu")
+    b = Vae.load(str(save_random_vae(tmp_path / "b", seed=2)), device="cpu")
+    assert a.identity.weights_sha256 != b.identity.weights_sha256
+    with pytest.raises(ModelMismatch, match="decode with --model"):
+        a.identity.require_same_latent_space(b.identity)
+
+
+def test_offline_hub_id_fails_fast_and_clearly(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.monotonic()
+    with pytest.raises(ModelUnavailable) as caught:
+        Vae.load("stabilityai/sd-vae-ft-mse", device="cpu")
+    message = str(caught.value)
+    assert "\n" not in message and "hf download stabilityai/sd-vae-ft-mse" in message
+    assert time.monotonic() - started < 20
+
+
+def test_missing_path_and_garbage_file(tmp_path):
+    with pytest.raises(ModelUnavailable, match="neither a file"):
+        Vae.load(str(tmp_path / "nope"), device="cpu")
+    junk = tmp_path / "vae.safetensors"
+    junk.write_bytes(b"not weights")
+    with pytest.raises(ModelUnavailable, match="cannot load VAE"):
+        Vae.load(str(junk), device="cpu")
+
+
+def test_odd_sizes_are_padded_and_cropped(tiny_vae):
+    image = kodak_image(3)[:37, :51]
+    ((latent, tiling),) = tiny_vae.encode([image])
+    assert latent.shape == (4, 19, 26) and not tiling.enabled
+    (decoded,) = tiny_vae.decode([(latent, tiling, (37, 51))])
+    assert decoded.shape == (37, 51, 3) and decoded.dtype == np.uint8
+
+
+def test_encoding_is_deterministic_and_batching_does_not_change_results(tiny_vae_dir):
+    vae = Vae.load(str(tiny_vae_dir), device="cpu", batch_size=4)
+    images = [kodak_image(i)[:64, :96] for i in (1, 2, 3)] + [kodak_image(4)[:40, :40]]
+    batched = vae.encode(images)
+    single = [vae.encode([image])[0] for image in images]
+    for (a, _), (b, _) in zip(batched, single):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    calls = vae.decode_calls
+    vae.decode([(latent, tiling, image.shape[:2]) for (latent, tiling), image in zip(batched, images)])
+    assert vae.decode_calls - calls == 2  # one pass for the three 64x96 images, one for 40x40
+
+
+def test_tiled_decode_matches_untiled(tiny_vae_dir):
+    """Input 4x larger than a tile in each direction, so tiling really happens."""
+    vae = Vae.load(str(tiny_vae_dir), device="cpu", batch_size=4)
+    image = kodak_image(23)[:256, :384]
+    ((latent, _),) = vae.encode([image])  # latent 128x192; tiles of 32 with overlap 8
+    untiled = vae.decode([(latent, Tiling(), (256, 384))])[0]
+    before = vae.decode_calls
+    tiled = vae.decode([(latent, Tiling(32, 8), (256, 384))])[0]
+    assert vae.decode_calls - before >= 6  # 8x5 tiles in batches of 4
+    assert tiled.shape == untiled.shape
+    # GroupNorm and the mid-block attention see one tile, not the image, so the
+    # two differ a little; random weights make that difference larger than a
+    # trained model's.
+    assert psnr(untiled, tiled) > 25
+
+
+def test_tiled_encode_bounds_work_and_matches(tiny_vae_dir):
+    vae = Vae.load(str(tiny_vae_dir), device="cpu", max_untiled_pixels=128 * 128, tile_pixels=64, overlap_pixels=16)
+    image = kodak_image(23)[:256, :256]
+    ((tiled, tiling),) = vae.encode([image])
+    assert tiling == Tiling(32, 8)
+    reference = Vae.load(str(tiny_vae_dir), device="cpu").encode([image])[0][0]
+    assert tiled.shape == reference.shape
+    correlation = np.corrcoef(tiled.ravel(), reference.ravel())[0, 1]
+    assert correlation > 0.95
+
+
+def test_fast_decoder_shares_the_latent_space(tiny_vae_dir, tiny_fast_decoder_dir):
+    vae = Vae.load(str(tiny_vae_dir), device="cpu")
+    vae.attach_fast_decoder(str(tiny_fast_decoder_dir))
+    image = kodak_image(2)[:64, :64]
+    ((latent, tiling),) = vae.encode([image])
+    (fast,) = vae.decode([(latent, tiling, (64, 64))], fast=True)
+    assert fast.shape == (64, 64, 3)
+    assert vae.fast_decoder.weights_sha256 != vae.identity.weights_sha256
+
+
+def test_fp16_overflow_falls_back_to_fp32(tiny_vae_dir, monkeypatch):
+    vae = Vae.load(str(tiny_vae_dir), device="cpu", dtype=torch.bfloat16)
+    calls = []
+
+    def flaky(t):
+        calls.append(t.dtype)
+        return torch.full((1, 3, 4, 4), float("inf")) if t.dtype != torch.float32 else torch.zeros(1, 3, 4, 4)
+
+    out = vae._run_checked(vae.model, flaky, torch.zeros(1, 4, 2, 2))
+    assert calls == [torch.bfloat16, torch.float32] and torch.isfinite(out).all()

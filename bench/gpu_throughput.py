@@ -5,7 +5,7 @@ What it measures
 ----------------
 The VAE that sdfs uses to store images as latents has the architecture of
 ``stabilityai/sd-vae-ft-mse`` (diffusers ``AutoencoderKL``; the exact diffusers
-config is in ``bench/sd_vae_config.json``, scaling_factor is the diffusers
+config is in ``sdfs/codec/configs/sd-vae-ft-mse/config.json``, scaling_factor is the diffusers
 default 0.18215).  For 512x512 images at batch sizes 1, 8 and 32 in float16 and
 bfloat16 (plus float32 at batch 1 as a reference) it times
 
@@ -17,7 +17,7 @@ and reports images/second, milliseconds per batch and the peak CUDA memory
 number includes the model weights).
 
 RANDOM WEIGHTS: no model hub is reachable from the GPU machine, so the model is
-built with ``AutoencoderKL.from_config(bench/sd_vae_config.json)`` after
+built with ``AutoencoderKL.from_config(sdfs/codec/configs/sd-vae-ft-mse/config.json)`` after
 ``torch.manual_seed(0)``.  Speed and memory depend only on the architecture and
 the tensor shapes, not on the weight values; the output says so too.
 
@@ -74,7 +74,7 @@ import time
 import zipfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_CONFIG = os.path.join(HERE, "sd_vae_config.json")
+DEFAULT_CONFIG = os.path.join(HERE, os.pardir, "sdfs", "codec", "configs", "sd-vae-ft-mse", "config.json")
 
 # Small AutoencoderKL for CPU smoke tests (--tiny): same block types, 2 levels.
 TINY_CONFIG = {

@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     codec.add_argument("--images", type=Path, default=None, help="folder of PNG/JPEG (default: ../shared/bench/kodak)")
     codec.add_argument("--out", type=Path, default=Path("bench/out"), help="where JSON and PNG go (default %(default)s)")
     codec.add_argument("--model", default=None, help="real VAE weights: adds PSNR/MS-SSIM against JPEG, WebP and AVIF")
-    codec.add_argument("--full-size-timing-images", type=int, default=2, help="images timed with the full-size random-weight model (default %(default)s)")
+    codec.add_argument("--full-size-images", type=int, default=None, help="images coded with the full-size random-weight model (default: all)")
+    codec.add_argument("--decode-timing-images", type=int, default=2, help="of those, how many also time a full-size decode (~25 s each on a CPU; default %(default)s)")
     codec.add_argument("--device", default="auto")
     codec.set_defaults(run=cmd_bench)
     return parser

@@ -20,26 +20,6 @@ def test_load_from_folder_and_single_file_agree(tiny_vae_dir):
     assert from_folder.identity.latent_channels == 4
 
 
-def test_single_file_in_original_ldm_layout(tiny_vae_dir, tmp_path):
-    """Weights files from the original Stable Diffusion repo use other key names."""
-    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
-    from safetensors.torch import save_file
-
-    model, _ = load_autoencoder(str(tiny_vae_dir))
-    state = model.state_dict()
-    mapping = DIFFUSERS_TO_LDM_MAPPING["vae"]
-    renamed = {mapping.get(k, k): v.contiguous() for k, v in state.items()}
-    if renamed.keys() == state.keys():
-        pytest.skip("this diffusers has no LDM key map for these layers")
-    (tmp_path / "config.json").write_text((tiny_vae_dir / "config.json").read_text())
-    save_file(renamed, str(tmp_path / "vae.safetensors"))
-    try:
-        loaded = Vae.load(str(tmp_path / "vae.safetensors"), device="cpu")
-    except ModelUnavailable as error:
-        pytest.skip(f"partial LDM map for a tiny config: {error}")
-    assert loaded.identity.weights_sha256 == fingerprint(model)
-
-
 def test_fingerprint_separates_weights(tmp_path):
     a = Vae.load(str(save_random_vae(tmp_path / "a", seed=1)), device="cpu")
     b = Vae.load(str(save_random_vae(tmp_path / "b", seed=2)), device="cpu")
@@ -88,31 +68,60 @@ def test_encoding_is_deterministic_and_batching_does_not_change_results(tiny_vae
     assert vae.decode_calls - calls == 2  # one pass for the three 64x96 images, one for 40x40
 
 
-def test_tiled_decode_matches_untiled(tiny_vae_dir):
-    """Input 4x larger than a tile in each direction, so tiling really happens."""
-    vae = Vae.load(str(tiny_vae_dir), device="cpu", batch_size=4)
+@pytest.mark.parametrize("attention, floor_db", [(False, 33), (True, 20)])
+def test_tiled_decode_matches_untiled(tmp_path, attention, floor_db):
+    """Input 4x larger than a tile in each direction, so tiling really happens.
+
+    GroupNorm statistics are shared across tiles (here taken at full
+    resolution, since the image is small), so without the mid-block attention
+    only the convolutions' edges differ and tiles blend to within 33 dB. The
+    attention block sees one tile instead of the whole image: with random
+    weights that costs more than a trained model (bench/tiling_fidelity.py
+    measures a briefly trained one).
+    """
+    folder = save_random_vae(tmp_path / "vae", mid_block_add_attention=attention)
+    vae = Vae.load(str(folder), device="cpu", batch_size=4)
     image = kodak_image(23)[:256, :384]
     ((latent, _),) = vae.encode([image])  # latent 128x192; tiles of 32 with overlap 8
     untiled = vae.decode([(latent, Tiling(), (256, 384))])[0]
     before = vae.decode_calls
     tiled = vae.decode([(latent, Tiling(32, 8), (256, 384))])[0]
-    assert vae.decode_calls - before >= 6  # 8x5 tiles in batches of 4
+    assert vae.decode_calls - before == 1 + 10  # statistics pass + 8x5 tiles in batches of 4
     assert tiled.shape == untiled.shape
-    # GroupNorm and the mid-block attention see one tile, not the image, so the
-    # two differ a little; random weights make that difference larger than a
-    # trained model's.
-    assert psnr(untiled, tiled) > 25
+    assert psnr(untiled, tiled) > floor_db
 
 
-def test_tiled_encode_bounds_work_and_matches(tiny_vae_dir):
-    vae = Vae.load(str(tiny_vae_dir), device="cpu", max_untiled_pixels=128 * 128, tile_pixels=64, overlap_pixels=16)
+def test_tiles_are_blended_without_seams():
+    """The blending itself is exact for a purely local operation."""
+    from sdfs.codec.vae import run_tiled
+
+    x = torch.randn(1, 3, 50, 70)
+    local = torch.nn.Conv2d(3, 2, 3, padding=1)
+    with torch.no_grad():
+        reference = local(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+        tiled = run_tiled(lambda t: local(torch.nn.functional.interpolate(t, scale_factor=2)), x, 16, 6, 2, 3)
+    interior_error = (tiled - reference)[..., 1:-1, 1:-1].abs()
+    # only the 1-pixel conv halo at inner tile edges differs, and ramps weight it down
+    assert interior_error.mean() < 0.02 and tiled.shape == reference.shape
+
+
+def test_large_images_are_encoded_in_tiles(tmp_path, monkeypatch):
+    folder = save_random_vae(tmp_path / "vae", mid_block_add_attention=False)
+    vae = Vae.load(str(folder), device="cpu", tile_pixels=64, overlap_pixels=16)
     image = kodak_image(23)[:256, :256]
+    reference = vae.encode([image])[0][0]
+    # force tiling while the statistics pass still sees the whole image
+    monkeypatch.setattr(vae, "tiling_for", lambda height, width: vae.default_tiling)
     ((tiled, tiling),) = vae.encode([image])
-    assert tiling == Tiling(32, 8)
-    reference = Vae.load(str(tiny_vae_dir), device="cpu").encode([image])[0][0]
-    assert tiled.shape == reference.shape
+    assert tiling == Tiling(32, 8) and tiled.shape == reference.shape == (4, 128, 128)
     correlation = np.corrcoef(tiled.ravel(), reference.ravel())[0, 1]
-    assert correlation > 0.95
+    assert correlation > 0.99
+
+
+def test_tiling_threshold(tiny_vae_dir):
+    vae = Vae.load(str(tiny_vae_dir), device="cpu", max_untiled_pixels=100 * 100, tile_pixels=64, overlap_pixels=16)
+    assert not vae.tiling_for(100, 100).enabled
+    assert vae.tiling_for(101, 100) == Tiling(32, 8)
 
 
 def test_fast_decoder_shares_the_latent_space(tiny_vae_dir, tiny_fast_decoder_dir):

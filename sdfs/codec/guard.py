@@ -125,5 +125,7 @@ def decide(fidelity: Fidelity, floor: Floor, record_bytes: int, original_bytes: 
     if fidelity.psnr < floor.psnr or fidelity.ssim < floor.ssim:
         return Verdict(False, f"{fidelity} is below the floor ({floor})")
     if record_bytes >= original_bytes:
-        return Verdict(False, f"the latent record ({record_bytes} B) is not smaller than the original ({original_bytes} B)")
+        return Verdict(
+            False, f"the latent record ({record_bytes} B) is not smaller than the original ({original_bytes} B); {fidelity}"
+        )
     return Verdict(True, f"{fidelity} meets the floor ({floor}); {original_bytes} B -> {record_bytes} B")

@@ -316,7 +316,8 @@ def _downscale_for_stats(x: torch.Tensor, pixels_per_sample: int, max_pixels: in
     for latents."""
     height, width = x.shape[-2:]
     ratio = max(1.0, math.sqrt(height * width * pixels_per_sample / max_pixels))
-    size = [max(multiple, int(side / ratio) // multiple * multiple) for side in (height, width)]
+    # at least 8 samples a side: GroupNorm statistics of a few pixels mean nothing
+    size = [min(side, max(8 * multiple, int(side / ratio) // multiple * multiple)) for side in (height, width)]
     return torch.nn.functional.interpolate(x, size=size, mode="area")
 
 
@@ -334,7 +335,7 @@ def _pad_to_multiple(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 def _to_model_input(image: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 1|3) -> float (1, 3, H, W) in [-1, 1]."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    tensor = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)
     if tensor.shape[0] == 1:
         tensor = tensor.expand(3, -1, -1)
     return (tensor / 127.5 - 1.0).unsqueeze(0)

@@ -155,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sdfs: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError, OSError) as error:  # e.g. out of (GPU) memory, a full disk
+        log.debug("details", exc_info=True)
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        print(f"sdfs: error: {type(error).__name__}: {first_line} (run with -vv for details)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """The codec as a library: every candidate kind round-trips with its mode,
 size, metadata and alpha; lengths are fixed; the guard decides."""
 
+import dataclasses
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from sdfs.codec.codec import Codec, output_length
 from sdfs.codec.guard import Floor
 from sdfs.codec.random_models import save_random_vae
 from sdfs.codec.vae import Vae
-from sdfs.errors import ModelMismatch, NotACandidate
+from sdfs.errors import ModelMismatch, NotACandidate, RecordError
 from tests.conftest import kodak_image
 from tests.images_factory import CANDIDATES
 
@@ -124,3 +126,32 @@ def test_fast_decoder_records_its_own_figures(tiny_vae_dir, tiny_fast_decoder_di
     record = container.unpack(result.record)
     assert record.measurement_for("tiny") is not None and record.measurement_for("full") is None
     assert len(codec.decode(result.record)) == result.output_length
+
+
+def test_a_bad_record_does_not_sink_its_batch(codec):
+    good = codec.encode(CANDIDATES["rgb.png"]()).record
+    results = codec.decode_many([good, b"SDFS" + bytes(40), good])
+    assert isinstance(results[1], RecordError)
+    assert results[0] == results[2] == codec.decode(good)
+    # a latent of another shape is refused before it is decompressed or decoded
+    calls = codec.vae.decode_calls
+    record = container.unpack(good)
+    other = container.pack(dataclasses.replace(record, spec=dataclasses.replace(record.spec, width=record.spec.width * 2)))
+    with pytest.raises(RecordError, match="the record needs"):
+        codec.decode(other)
+    assert codec.vae.decode_calls == calls
+
+
+def test_concurrent_decodes_match_sequential_ones(tiny_vae_dir):
+    """The filesystem decodes from several threads; tiled decodes patch the
+    shared model's GroupNorms, so calls must not interleave."""
+    vae = Vae.load(str(tiny_vae_dir), device="cpu", max_untiled_latent=40 * 40, tile_latent=16, overlap_latent=4)
+    codec = Codec(vae, quality="high", floor=ACCEPT_ALL)
+    big = io.BytesIO()
+    Image.fromarray(kodak_image(8)[:160, :160]).save(big, "PNG")
+    records = [codec.encode(big.getvalue()).record, codec.encode(CANDIDATES["rgb.png"]()).record]
+    assert container.unpack(records[0]).tiling.enabled and not container.unpack(records[1]).tiling.enabled
+    expected = [codec.decode(r) for r in records]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(codec.decode, records * 4))
+    assert got == expected * 4

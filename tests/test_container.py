@@ -65,3 +65,30 @@ def test_every_truncation_and_bit_flip_is_detected():
 def test_not_a_record():
     with pytest.raises(RecordError, match="bad magic"):
         container.unpack(b"\x89PNG\r\n\x1a\n" + bytes(100))
+
+
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        (dict(tiling=Tiling(64, 64, 16384)), "impossible tiling"),
+        (dict(tiling=Tiling(0, 8, 0)), "untiled record with tile settings"),
+        (dict(spec=OutputSpec("JPEG", "RGBA", 8, 8, b"")), "JPEG in mode RGBA"),
+        (dict(spec=OutputSpec("PNG", "RGBA", 8, 8, b"")), "without an alpha plane"),
+        (dict(spec=OutputSpec("PNG", "RGB", 70000, 70000, b"")), "image size"),
+        (dict(spec=OutputSpec("JPEG", "RGB", 8, 8, b"", (bytes(64),) * 5, 2)), "quantization tables"),
+    ],
+)
+def test_records_with_a_valid_checksum_but_contradictory_fields_are_refused(changes, reason):
+    """A bug or a crafted file must not reach an allocation or a forward pass."""
+    with pytest.raises(RecordError, match=reason):
+        container.unpack(container.pack(_record(**changes)))
+
+
+def test_unknown_flags_are_refused():
+    data = bytearray(container.pack(_record()))
+    data[5] |= 0x80
+    body = bytes(data[:-4])
+    import zlib
+
+    with pytest.raises(RecordError, match="unknown flags"):
+        container.unpack(body + zlib.crc32(body).to_bytes(4, "little"))

@@ -80,12 +80,12 @@ def test_tiled_decode_matches_untiled(tmp_path, attention, floor_db):
     measures a briefly trained one).
     """
     folder = save_random_vae(tmp_path / "vae", mid_block_add_attention=attention)
-    vae = Vae.load(str(folder), device="cpu", batch_size=4)
+    vae = Vae.load(str(folder), device="cpu", batch_size=4, max_untiled_latent=128 * 192)
     image = kodak_image(23)[:256, :384]
     ((latent, _),) = vae.encode([image])  # latent 128x192; tiles of 32 with overlap 8
     untiled = vae.decode([(latent, Tiling(), (256, 384))])[0]
     before = vae.decode_calls
-    tiled = vae.decode([(latent, Tiling(32, 8), (256, 384))])[0]
+    tiled = vae.decode([(latent, Tiling(32, 8, stats=128 * 192), (256, 384))])[0]
     assert vae.decode_calls - before == 1 + 10  # statistics pass + 8x5 tiles in batches of 4
     assert tiled.shape == untiled.shape
     assert psnr(untiled, tiled) > floor_db
@@ -107,21 +107,21 @@ def test_tiles_are_blended_without_seams():
 
 def test_large_images_are_encoded_in_tiles(tmp_path, monkeypatch):
     folder = save_random_vae(tmp_path / "vae", mid_block_add_attention=False)
-    vae = Vae.load(str(folder), device="cpu", tile_pixels=64, overlap_pixels=16)
+    vae = Vae.load(str(folder), device="cpu", tile_latent=32, overlap_latent=8)
     image = kodak_image(23)[:256, :256]
     reference = vae.encode([image])[0][0]
     # force tiling while the statistics pass still sees the whole image
     monkeypatch.setattr(vae, "tiling_for", lambda height, width: vae.default_tiling)
     ((tiled, tiling),) = vae.encode([image])
-    assert tiling == Tiling(32, 8) and tiled.shape == reference.shape == (4, 128, 128)
+    assert tiling == Tiling(32, 8, 128 * 128) and tiled.shape == reference.shape == (4, 128, 128)
     correlation = np.corrcoef(tiled.ravel(), reference.ravel())[0, 1]
     assert correlation > 0.99
 
 
 def test_tiling_threshold(tiny_vae_dir):
-    vae = Vae.load(str(tiny_vae_dir), device="cpu", max_untiled_pixels=100 * 100, tile_pixels=64, overlap_pixels=16)
-    assert not vae.tiling_for(100, 100).enabled
-    assert vae.tiling_for(101, 100) == Tiling(32, 8)
+    vae = Vae.load(str(tiny_vae_dir), device="cpu", max_untiled_latent=50 * 50, tile_latent=32, overlap_latent=8)
+    assert not vae.tiling_for(100, 100).enabled  # factor 2: a 50x50 latent
+    assert vae.tiling_for(102, 100) == Tiling(32, 8, 50 * 50)
 
 
 def test_fast_decoder_shares_the_latent_space(tiny_vae_dir, tiny_fast_decoder_dir):
@@ -138,7 +138,7 @@ def test_fp16_overflow_falls_back_to_fp32(tiny_vae_dir, monkeypatch):
     vae = Vae.load(str(tiny_vae_dir), device="cpu", dtype=torch.bfloat16)
     calls = []
 
-    def flaky(t):
+    def flaky(module, t):
         calls.append(t.dtype)
         return torch.full((1, 3, 4, 4), float("inf")) if t.dtype != torch.float32 else torch.zeros(1, 3, 4, 4)
 

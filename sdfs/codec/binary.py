@@ -93,7 +93,7 @@ class Reader:
             if not byte & 0x80:
                 return value
             shift += 7
-            if shift > 63:
+            if shift >= 63:
                 raise RecordError(f"{self._what} is corrupt: {field} is not a valid varint")
 
     def blob(self, field: str = "blob") -> bytes:

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ..errors import NotACandidate
+from ..errors import NotACandidate, SdfsError
 from . import container, guard, images, latents
 from .container import Measurement, Record
 from .guard import Fidelity, Floor, Verdict
@@ -90,12 +90,13 @@ class Codec:
     def encode(self, data: bytes) -> EncodeResult:
         """Raises NotACandidate when the bytes must be stored verbatim."""
         (result,) = self.encode_many([data])
-        if isinstance(result, NotACandidate):
+        if isinstance(result, SdfsError):
             raise result
         return result
 
-    def encode_many(self, blobs: Sequence[bytes]) -> list[EncodeResult | NotACandidate]:
-        """Encode many files with batched forward passes (one per shape group)."""
+    def encode_many(self, blobs: Sequence[bytes]) -> list[EncodeResult | SdfsError]:
+        """Encode many files with batched forward passes (one per shape group).
+        Items that fail come back as their error (NotACandidate for non-images)."""
         results: list = [None] * len(blobs)
         sources: dict[int, SourceImage] = {}
         for index, data in enumerate(blobs):
@@ -108,13 +109,16 @@ class Codec:
         payloads = [latents.encode_latent(latent, self.quality) for latent, _ in encoded]
         decoded = self.vae.decode(
             [
-                (latents.decode_latent(payload), tiling, (sources[i].spec.height, sources[i].spec.width))
-                for i, payload, (_, tiling) in zip(order, payloads, encoded)
+                (latents.decode_latent(payload, latent.shape), tiling, (sources[i].spec.height, sources[i].spec.width))
+                for i, payload, (latent, tiling) in zip(order, payloads, encoded)
             ],
             fast=self.decoder == "tiny",
         )
         for i, payload, (_, tiling), rgb in zip(order, payloads, encoded, decoded):
-            results[i] = self._finish(blobs[i], sources[i], payload, tiling, rgb)
+            try:
+                results[i] = self._finish(blobs[i], sources[i], payload, tiling, rgb)
+            except SdfsError as error:  # one bad item must not sink its batch
+                results[i] = error
         return results
 
     def _finish(self, data: bytes, source: SourceImage, payload: bytes, tiling, rgb: np.ndarray) -> EncodeResult:
@@ -149,29 +153,44 @@ class Codec:
     # -- decode
 
     def decode(self, record_bytes: bytes) -> bytes:
-        return self.decode_many([record_bytes])[0]
+        (result,) = self.decode_many([record_bytes])
+        if isinstance(result, SdfsError):
+            raise result
+        return result
 
-    def decode_many(self, records: Sequence[bytes]) -> list[bytes]:
-        """Records -> image files, each exactly its recorded output length."""
-        parsed = [container.unpack(data) for data in records]
-        for record in parsed:
-            self.vae.identity.require_same_latent_space(record.model)
+    def decode_many(self, records: Sequence[bytes]) -> list[bytes | SdfsError]:
+        """Records -> image files, each exactly its recorded output length.
+        Records that fail (corrupt, another model) come back as their error."""
+        results: list = [None] * len(records)
+        ready: dict[int, tuple[Record, np.ndarray]] = {}
+        for index, data in enumerate(records):
+            try:
+                record = container.unpack(data)
+                self.vae.identity.require_same_latent_space(record.model)
+                ready[index] = (record, latents.decode_latent(record.latent, container.latent_shape(record)))
+            except SdfsError as error:
+                results[index] = error
+                continue
             if record.measurement_for(self.decoder) is None:
                 log.warning(
                     "record has no fidelity figures for the %s decoder; its guard figures describe %s",
                     self.decoder,
                     ", ".join(m.decoder for m in record.measurements) or "no decoder",
                 )
+        order = list(ready)
         decoded = self.vae.decode(
-            [(latents.decode_latent(r.latent), r.tiling, (r.spec.height, r.spec.width)) for r in parsed],
+            [(ready[i][1], ready[i][0].tiling, (ready[i][0].spec.height, ready[i][0].spec.width)) for i in order],
             fast=self.decoder == "tiny",
         )
-        outputs = []
-        for record, rgb in zip(parsed, decoded):
-            spec = record.spec
-            alpha = latents.decode_plane(record.alpha, spec.height, spec.width) if record.alpha else None
-            outputs.append(images.render_output(spec, to_mode(rgb, spec.mode), alpha, record.output_length))
-        return outputs
+        for index, rgb in zip(order, decoded):
+            spec = ready[index][0].spec
+            record = ready[index][0]
+            try:
+                alpha = latents.decode_plane(record.alpha, spec.height, spec.width) if record.alpha else None
+                results[index] = images.render_output(spec, to_mode(rgb, spec.mode), alpha, record.output_length)
+            except SdfsError as error:
+                results[index] = error
+        return results
 
 
 def output_length(record_bytes: bytes) -> int:

@@ -19,6 +19,7 @@ from .vae import ModelIdentity, Tiling
 
 MAGIC = b"SDFS"
 VERSION = 1
+MAX_PIXELS = 1 << 30  # a record claiming more is corrupt or hostile, not a photo
 
 FORMATS = {"PNG": 1, "JPEG": 2}
 MODES = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
@@ -68,7 +69,8 @@ def pack(record: Record) -> bytes:
     w.u8(model.latent_channels).u8(model.spatial_factor).u8(DTYPES[record.encode_dtype])
     spec = record.spec
     w.u8(FORMATS[spec.format]).u8(MODES[spec.mode]).varint(spec.width).varint(spec.height)
-    w.varint(record.tiling.tile).varint(record.tiling.overlap).u8(QUALITY_IDS[record.quality])
+    w.varint(record.tiling.tile).varint(record.tiling.overlap).varint(record.tiling.stats)
+    w.u8(QUALITY_IDS[record.quality])
     w.varint(record.output_length)
     w.u8(len(spec.jpeg_qtables))
     for table in spec.jpeg_qtables:
@@ -91,14 +93,25 @@ def unpack(data: bytes) -> Record:
     if len(data) < len(MAGIC) + 6 or not is_record(data):
         raise RecordError("not an sdfs record (bad magic)")
     version = data[4]
-    if version != VERSION:
-        raise RecordError(f"record format version {version} is not supported (this sdfs reads version {VERSION}); upgrade sdfs")
     body, stored_crc = data[:-4], int.from_bytes(data[-4:], "little")
-    if zlib.crc32(body) != stored_crc:
+    intact = zlib.crc32(body) == stored_crc
+    if version != VERSION:
+        damage = "" if intact else " (or the record is corrupt)"
+        raise RecordError(f"record format version {version} is not supported{damage}; this sdfs reads version {VERSION}")
+    if not intact:
         raise RecordError("record checksum mismatch: the record is corrupt or truncated")
-    r = Reader(body)
+    record = _read_fields(Reader(body))
+    problem = _inconsistency(record)
+    if problem:
+        raise RecordError(f"record is inconsistent: {problem}")
+    return record
+
+
+def _read_fields(r: Reader) -> Record:
     r.raw(5, "magic and version")
     flags = r.u8("flags")
+    if flags & ~_FLAG_KEEP_LATENT:
+        raise RecordError(f"record has unknown flags {flags:#x}")
     model = ModelIdentity(
         name=r.text("model name"),
         weights_sha256=r.raw(32, "weights hash"),
@@ -110,7 +123,7 @@ def unpack(data: bytes) -> Record:
     image_format = _lookup(FORMATS, r.u8("format"), "format")
     mode = _lookup(MODES, r.u8("mode"), "mode")
     width, height = r.varint("width"), r.varint("height")
-    tiling = Tiling(r.varint("tile"), r.varint("overlap"))
+    tiling = Tiling(r.varint("tile"), r.varint("overlap"), r.varint("statistics budget"))
     quality = _lookup(QUALITY_IDS, r.u8("quality"), "quality")
     output_length = r.varint("output length")
     qtables = tuple(r.blob("jpeg qtable") for _ in range(r.u8("jpeg qtable count")))
@@ -135,8 +148,6 @@ def unpack(data: bytes) -> Record:
     )
     latent = r.blob("latent")
     r.expect_end()
-    if not width or not height:
-        raise RecordError("record has zero width or height")
     return Record(
         model=model,
         encode_dtype=encode_dtype,
@@ -149,3 +160,28 @@ def unpack(data: bytes) -> Record:
         keep_latent=bool(flags & _FLAG_KEEP_LATENT),
         measurements=measurements,
     )
+
+
+def _inconsistency(record: Record) -> str | None:
+    """Fields that pass the checksum can still contradict each other (a bug, or
+    a crafted record): refuse them before any of them sizes an allocation."""
+    spec = record.spec
+    if not 0 < spec.width * spec.height <= MAX_PIXELS:
+        return f"image size {spec.width}x{spec.height}"
+    if spec.format == "JPEG" and spec.mode not in ("L", "RGB"):
+        return f"JPEG in mode {spec.mode}"
+    if ("A" in spec.mode) != bool(record.alpha):
+        return f"mode {spec.mode} with{'out' if not record.alpha else ''} an alpha plane"
+    if len(spec.jpeg_qtables) > 4 or any(len(t) not in (64, 128) for t in spec.jpeg_qtables):
+        return "malformed JPEG quantization tables"
+    if spec.format == "PNG" and spec.jpeg_qtables:
+        return "PNG with JPEG tables"
+    if record.model.spatial_factor < 1 or record.model.latent_channels < 1:
+        return "model with no latent space"
+    return record.tiling.problem()
+
+
+def latent_shape(record: Record) -> tuple[int, int, int]:
+    """(C, h, w) the record's latent must have: the padded image over the factor."""
+    factor = record.model.spatial_factor
+    return (record.model.latent_channels, -(-record.spec.height // factor), -(-record.spec.width // factor))

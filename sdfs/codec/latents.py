@@ -67,7 +67,9 @@ def quality(name: str) -> Quality:
 def _channel_ranges(latent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     flat = latent.reshape(latent.shape[0], -1)
     low, high = flat.min(axis=1).astype(np.float32), flat.max(axis=1).astype(np.float32)
-    return low, np.maximum(high, low + np.float32(1e-6))
+    # a constant channel still needs a span that float32 can resolve at its magnitude
+    minimum_span = np.float32(1e-6) * np.maximum(1, np.abs(low))
+    return low, np.maximum(high, low + minimum_span)
 
 
 def _to_levels(latent: np.ndarray, low: np.ndarray, high: np.ndarray, levels: int) -> np.ndarray:
@@ -97,14 +99,14 @@ def _predict(plane: np.ndarray, predictor: int) -> np.ndarray:
 
 
 def _unpredict(residual: np.ndarray, predictor: int) -> np.ndarray:
-    r = residual.astype(np.int64)
+    # uint8 sums wrap mod 256, exactly the inverse of _predict, in 1 byte a sample
     if predictor == 1:
-        r = np.cumsum(r, axis=1)
-    elif predictor == 2:
-        r = np.cumsum(r, axis=0)
-    elif predictor == 3:
-        r = np.cumsum(np.cumsum(r, axis=0), axis=1)
-    return (r % 256).astype(np.uint8)
+        return np.cumsum(residual, axis=1, dtype=np.uint8)
+    if predictor == 2:
+        return np.cumsum(residual, axis=0, dtype=np.uint8)
+    if predictor == 3:
+        return np.cumsum(np.cumsum(residual, axis=0, dtype=np.uint8), axis=1, dtype=np.uint8)
+    return residual
 
 
 def _compress(data: bytes) -> tuple[int, bytes]:
@@ -252,11 +254,17 @@ def encode_latent(latent: np.ndarray, quality_name: str = DEFAULT_QUALITY) -> by
     return w.getvalue()
 
 
-def decode_latent(blob: bytes) -> np.ndarray:
-    """Bytes from encode_latent -> float32 latent (C, h, w)."""
+def decode_latent(blob: bytes, expected_shape: tuple[int, int, int] | None = None) -> np.ndarray:
+    """Bytes from encode_latent -> float32 latent (C, h, w).
+
+    ``expected_shape`` (from the record's image size and model) is checked
+    before anything is decompressed, so a hostile blob cannot claim a huge one.
+    """
     r = Reader(blob, "latent payload")
     method, level = r.u8("method"), r.varint("level")
     channels, height, width = r.u8("channels"), r.varint("height"), r.varint("width")
+    if expected_shape is not None and (channels, height, width) != tuple(expected_shape):
+        raise RecordError(f"latent payload is {channels}x{height}x{width}, the record needs {expected_shape}")
     if not (channels and height and width) or channels * height * width > 1 << 31:
         raise RecordError(f"latent payload has an impossible shape {channels}x{height}x{width}")
     ranges = np.array([(r.f32("low"), r.f32("high")) for _ in range(channels)], np.float32).reshape(channels, 2)
@@ -287,6 +295,7 @@ def encode_plane(plane: np.ndarray) -> bytes:
 
 
 def decode_plane(blob: bytes, height: int, width: int) -> np.ndarray:
+    """``height`` and ``width`` come from a record whose size was already checked."""
     r = Reader(blob, "alpha plane")
     plane = _unpack_planes(r, 1, height, width)[0]
     r.expect_end()

@@ -8,12 +8,14 @@ so it is fed ``latent * scaling_factor``.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import math
 import os
 import socket
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,16 +38,27 @@ _HUB_HOST = "huggingface.co"
 class Tiling:
     """Tile geometry in *latent* pixels; ``tile == 0`` means untiled.
 
-    Recorded in every record so a later decode uses exactly the same tiles,
-    whatever the defaults of the build that decodes.
+    ``stats`` is the latent-pixel budget of the GroupNorm statistics pass (see
+    SharedGroupNorm). All three are recorded in every record so a later decode
+    works exactly as the encode-time one did, whatever the decoding build's
+    defaults.
     """
 
     tile: int = 0
     overlap: int = 0
+    stats: int = 0
 
     @property
     def enabled(self) -> bool:
         return self.tile > 0
+
+    def problem(self) -> str | None:
+        """Why these settings cannot be used, or None (records are untrusted input)."""
+        if self.tile == 0:
+            return None if self.overlap == self.stats == 0 else "untiled record with tile settings"
+        if self.tile < 8 or not 0 <= 2 * self.overlap < self.tile or self.stats < 64:
+            return f"impossible tiling {self.tile}/{self.overlap}/{self.stats}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -95,16 +108,23 @@ def fingerprint(module: torch.nn.Module) -> bytes:
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelUnavailable("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise ModelUnavailable(f"unknown device {device!r}; use auto, cpu or cuda")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        chosen = None
+    if chosen is None or chosen.type not in ("cpu", "cuda"):
+        raise ModelUnavailable(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelUnavailable("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        if (chosen.index or 0) >= torch.cuda.device_count():
+            raise ModelUnavailable(f"{device} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
+    return chosen
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    # fp16 on the GPU halves memory and doubles throughput; batches that overflow
-    # to inf/nan are redone in fp32 (see _run_checked), so fp16 stays safe.
+    # fp16 on the GPU halves memory and doubles throughput; a batch that
+    # overflows to inf/nan is redone by a float32 copy (see _run_checked).
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
@@ -238,7 +258,8 @@ def run_tiled(
     """Apply ``fn`` to overlapping ``tile``-sized windows of ``x`` (1, C, H, W)
     and blend the outputs (which are ``scale`` times larger) with linear ramps.
 
-    Memory is bounded by one batch of tiles plus the output canvas.
+    Memory is bounded by one batch of tiles plus the output canvas (callers
+    add SharedGroupNorm's statistics pass, bounded by its latent budget).
     """
     _, _, height, width = x.shape
     boxes = [(y, x0) for y in _tile_starts(height, tile, overlap) for x0 in _tile_starts(width, tile, overlap)]
@@ -310,12 +331,11 @@ class SharedGroupNorm:
             self.stats.clear()
 
 
-def _downscale_for_stats(x: torch.Tensor, pixels_per_sample: int, max_pixels: int, multiple: int) -> torch.Tensor:
-    """Area-downscale (1, C, H, W) so the image it stands for has at most
-    ``max_pixels`` pixels; ``pixels_per_sample`` is 1 for images, factor**2
-    for latents."""
+def _downscale_for_stats(x: torch.Tensor, samples_per_latent: int, max_latent: int, multiple: int) -> torch.Tensor:
+    """Area-downscale (1, C, H, W) so that it stands for at most ``max_latent``
+    latent pixels; ``samples_per_latent`` is factor**2 for images, 1 for latents."""
     height, width = x.shape[-2:]
-    ratio = max(1.0, math.sqrt(height * width * pixels_per_sample / max_pixels))
+    ratio = max(1.0, math.sqrt(height * width / samples_per_latent / max_latent))
     # at least 8 samples a side: GroupNorm statistics of a few pixels mean nothing
     size = [min(side, max(8 * multiple, int(side / ratio) // multiple * multiple)) for side in (height, width)]
     return torch.nn.functional.interpolate(x, size=size, mode="area")
@@ -356,9 +376,9 @@ class Vae:
         identity: ModelIdentity,
         device: str = "auto",
         dtype: torch.dtype | None = None,
-        max_untiled_pixels: int = 1024 * 1024,
-        tile_pixels: int = 512,
-        overlap_pixels: int = 64,
+        max_untiled_latent: int = 128 * 128,
+        tile_latent: int = 64,
+        overlap_latent: int = 8,
         batch_size: int | None = None,
     ):
         self.device = resolve_device(device)
@@ -367,11 +387,16 @@ class Vae:
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.identity = identity
-        factor = identity.spatial_factor
-        if tile_pixels % factor or overlap_pixels % factor or overlap_pixels >= tile_pixels:
-            raise ValueError(f"tile and overlap must be multiples of {factor} with overlap < tile")
-        self.max_untiled_pixels = max_untiled_pixels
-        self.default_tiling = Tiling(tile_pixels // factor, overlap_pixels // factor)
+        # Sizes count latent pixels: the mid-block attention costs (h*w)**2, so
+        # what bounds time and memory is the latent grid, whatever the factor.
+        # Defaults: untiled up to 1024x1024 pixels and tiles of 512 for SD's factor 8.
+        self.max_untiled_latent = max_untiled_latent
+        self.default_tiling = Tiling(tile_latent, overlap_latent, max_untiled_latent)
+        if self.default_tiling.problem():
+            raise ValueError(self.default_tiling.problem())
+        # one forward pass at a time: SharedGroupNorm patches the shared model
+        self._lock = threading.RLock()
+        self._fp32_copies: dict[int, torch.nn.Module] = {}
         self.batch_size = batch_size or (8 if self.device.type == "cuda" else 1)
         self.fast_decoder: FastDecoder | None = None
         self.decode_calls = 0  # forward passes of a decoder; tests use it to see tiling and batching
@@ -398,37 +423,46 @@ class Vae:
         return str(self.dtype).removeprefix("torch.")
 
     def tiling_for(self, height: int, width: int) -> Tiling:
-        return Tiling() if height * width <= self.max_untiled_pixels else self.default_tiling
+        factor = self.identity.spatial_factor
+        latent_pixels = -(-height // factor) * -(-width // factor)
+        return Tiling() if latent_pixels <= self.max_untiled_latent else self.default_tiling
 
     # -- forward passes with an fp16 overflow safety net
 
-    def _run_checked(self, module, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def _run_checked(self, module, fn: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, self.dtype)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            out = fn(x)
+            out = fn(module, x)
             if self.dtype != torch.float32 and not torch.isfinite(out).all():
                 log.warning("non-finite values in %s; recomputing this batch in float32", self.dtype_name)
-                module.float()
-                try:
-                    out = fn(x.float())
-                finally:
-                    module.to(self.dtype)
+                out = fn(self._fp32_copy(module), x.float())
         return out.float()
 
+    def _fp32_copy(self, module: torch.nn.Module) -> torch.nn.Module:
+        """A float32 twin for the rare overflowing batch; the shared module is
+        never converted in place (other callers may be using it)."""
+        if id(module) not in self._fp32_copies:
+            self._fp32_copies[id(module)] = copy.deepcopy(module).float()
+        return self._fp32_copies[id(module)]
+
     def _encode_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run_checked(self.model, lambda t: self.model.encode(t).latent_dist.mode(), x)
+        return self._run_checked(self.model, lambda m, t: m.encode(t).latent_dist.mode(), x)
 
     def _decode_tensor(self, z: torch.Tensor) -> torch.Tensor:
         self.decode_calls += 1
-        return self._run_checked(self.model, lambda t: self.model.decode(t).sample, z)
+        return self._run_checked(self.model, lambda m, t: m.decode(t).sample, z)
 
     # -- public batch API
 
     def encode(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, Tiling]]:
         """Encode uint8 images (H, W, 1|3). Images of one padded size share a
         forward pass; large ones are tiled with this Vae's default tiling."""
+        with self._lock:
+            return self._encode(images)
+
+    def _encode(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, Tiling]]:
         factor = self.identity.spatial_factor
         results: list = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
@@ -437,7 +471,7 @@ class Vae:
             tiling = self.tiling_for(height, width)
             if tiling.enabled:
                 x = _pad_to_multiple(_to_model_input(image), factor)
-                small = _downscale_for_stats(x, 1, self.max_untiled_pixels, factor)
+                small = _downscale_for_stats(x, factor * factor, tiling.stats, factor)
                 latent = SharedGroupNorm(self.model.encoder).run(
                     self._encode_tensor,
                     small,
@@ -460,6 +494,10 @@ class Vae:
         self, items: Sequence[tuple[np.ndarray, Tiling, tuple[int, int]]], fast: bool = False
     ) -> list[np.ndarray]:
         """Decode (latent, tiling, (height, width)) triples to uint8 (H, W, 3)."""
+        with self._lock:
+            return self._decode(items, fast)
+
+    def _decode(self, items, fast: bool) -> list[np.ndarray]:
         decoder = self.fast_decoder if fast else None
         if fast and decoder is None:
             raise ModelUnavailable("no fast decoder is loaded; pass --decoder tiny with a TAESD model")
@@ -471,7 +509,7 @@ class Vae:
         for index, (latent, tiling, size) in enumerate(items):
             if tiling.enabled:
                 z = torch.from_numpy(latent)[None]
-                small = _downscale_for_stats(z, factor * factor, self.max_untiled_pixels, 1)
+                small = _downscale_for_stats(z, 1, tiling.stats, 1)
                 sample = norms.run(
                     decode_fn, small, lambda: run_tiled(decode_fn, z, tiling.tile, tiling.overlap, factor, self.batch_size)
                 )
@@ -512,5 +550,5 @@ class FastDecoder:
     def decode_tensor(self, z: torch.Tensor) -> torch.Tensor:
         self.owner.decode_calls += 1
         scale = self.owner.identity.scaling_factor
-        return self.owner._run_checked(self.model, lambda t: self.model.decode(t * scale).sample, z)
+        return self.owner._run_checked(self.model, lambda m, t: m.decode(t * scale).sample, z)
 

@@ -20,6 +20,7 @@ import argparse
 import io
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -106,7 +107,7 @@ def run(folder: Path, json_path: Path, device: str, large: tuple[int, int], batc
             report["cross_device"].append(row)
             print(json.dumps(row), flush=True)
 
-    full = Vae.load(str(save_random_vae(folder / "full", size="full")), device=device, batch_size=8)
+    full = Vae.load(str(save_random_vae(tempfile.mkdtemp(), size="full")), device=device, batch_size=8)
     photo = np.asarray(Image.open(folder / "kodak" / "kodim23.png").convert("RGB").resize(large))
     _sync(torch)
     started = time.perf_counter()

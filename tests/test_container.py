@@ -16,7 +16,7 @@ def _record(**changes) -> Record:
         model=ModelIdentity("stabilityai/sd-vae-ft-mse", bytes(range(32)), 0.18215, 4, 8),
         encode_dtype="float16",
         spec=OutputSpec("JPEG", "RGB", 768, 512, b"\xff\xe1\x00\x04ab", (bytes(64), bytes(range(64))), 2),
-        tiling=Tiling(64, 8),
+        tiling=Tiling(64, 8, 16384),
         quality="compact",
         output_length=123_456,
         latent=b"latent-bytes",

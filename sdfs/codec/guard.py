@@ -88,7 +88,7 @@ def _as_planes(image: np.ndarray) -> torch.Tensor:
     """uint8 (H, W) or (H, W, C) -> float32 (C, 1, H, W), centred on 0 so
     float32 keeps variances exact enough (checked against scikit-image)."""
     array = image if image.ndim == 3 else image[:, :, None]
-    return (torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float() - 128.0)[:, None]
+    return (torch.from_numpy(array.transpose(2, 0, 1).astype(np.float32)) - 128.0)[:, None]
 
 
 def _ssim_terms(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,448 @@
+"""The LMDB store: inodes, directory entries, staged and verbatim bytes,
+latent records, the pending-encode queue, xattrs. No torch here.
+
+One write transaction per operation; no read transaction outlives a call.
+The environment is opened by whoever uses it, after any fork.
+Layouts of keys and values are in docs/FORMAT.md ("Store").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import lmdb
+
+from ..errors import ModelMismatch, SdfsError
+
+STORE_VERSION = 1
+ROOT = 1
+CHUNK = 1 << 20  # verbatim and staged bytes are stored in 1 MiB chunks
+
+DIR, PENDING, VERBATIM, LATENT, SYMLINK = 1, 2, 3, 4, 5
+KIND_NAMES = {DIR: "directory", PENDING: "pending", VERBATIM: "verbatim", LATENT: "latent", SYMLINK: "symlink"}
+
+_INODE = struct.Struct("<BIIIIQqqqQQ")  # kind mode uid gid nlink size atime mtime ctime stored generation
+_DBS = ("meta", "inodes", "dirents", "dirparents", "chunks", "records", "pending", "orphans", "xattrs")
+
+
+class StoreError(SdfsError):
+    """The store cannot be opened or used as asked."""
+
+
+def _key(ino: int) -> bytes:
+    return ino.to_bytes(8, "big")
+
+
+def _chunk_key(ino: int, index: int) -> bytes:
+    return _key(ino) + index.to_bytes(4, "big")
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+@dataclass(frozen=True)
+class Inode:
+    ino: int
+    kind: int
+    mode: int
+    uid: int
+    gid: int
+    nlink: int
+    size: int  # st_size: staged/verbatim byte count, or a latent's fixed output length
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    stored: int  # bytes this file occupies in the store
+    generation: int  # bumped whenever content changes; stale encodes are dropped
+
+    def pack(self) -> bytes:
+        return _INODE.pack(
+            self.kind, self.mode, self.uid, self.gid, self.nlink, self.size,
+            self.atime_ns, self.mtime_ns, self.ctime_ns, self.stored, self.generation,
+        )
+
+    @classmethod
+    def unpack(cls, ino: int, data: bytes) -> "Inode":
+        return cls(ino, *_INODE.unpack(data))
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == DIR
+
+
+class Store:
+    def __init__(self, path: str | os.PathLike, model: dict | None = None, map_size: int = 1 << 30):
+        """Open (creating if absent) the store at ``path``. ``model`` is the VAE
+        identity (JSON-able); a store made with another VAE refuses to open."""
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=len(_DBS), subdir=True, lock=True)
+        except lmdb.Error as error:
+            raise StoreError(f"cannot open store {self.path}: {error}") from None
+        self.db = {name: self.env.open_db(name.encode()) for name in _DBS}
+        self._initialise(model)
+
+    def close(self) -> None:
+        self.env.close()
+
+    # -- transactions
+
+    @contextmanager
+    def reading(self) -> Iterator[lmdb.Transaction]:
+        with self.env.begin(buffers=False) as txn:
+            yield txn
+
+    def write(self, fn):
+        """Run ``fn(txn)`` in one write transaction, growing the map when full."""
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    return fn(txn)
+            except lmdb.MapFullError:
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+
+    # -- meta
+
+    def _initialise(self, model: dict | None) -> None:
+        def setup(txn):
+            meta = self.db["meta"]
+            version = txn.get(b"format", db=meta)
+            if version is None:
+                txn.put(b"format", str(STORE_VERSION).encode(), db=meta)
+                txn.put(b"next_ino", _key(ROOT + 1), db=meta)
+                if model is not None:
+                    txn.put(b"model", json.dumps(model, sort_keys=True).encode(), db=meta)
+                t = now_ns()
+                root = Inode(ROOT, DIR, 0o40755, os.getuid(), os.getgid(), 2, 0, t, t, t, 0, 0)
+                txn.put(_key(ROOT), root.pack(), db=self.db["inodes"])
+                return
+            if int(version) != STORE_VERSION:
+                raise StoreError(f"store {self.path} has format version {int(version)}; this sdfs reads {STORE_VERSION}")
+            stored = txn.get(b"model", db=meta)
+            if model is not None and stored is None:
+                txn.put(b"model", json.dumps(model, sort_keys=True).encode(), db=meta)
+            elif model is not None and json.loads(stored) != model:
+                theirs = json.loads(stored)
+                raise ModelMismatch(
+                    f"store {self.path} holds latents of VAE {theirs.get('name')} (weights {theirs.get('weights_sha256', '')[:12]}); "
+                    f"it cannot be opened with {model.get('name')} (weights {model.get('weights_sha256', '')[:12]}): pass --model with the store's VAE"
+                )
+
+        self.write(setup)
+
+    def model(self) -> dict | None:
+        with self.reading() as txn:
+            value = txn.get(b"model", db=self.db["meta"])
+        return json.loads(value) if value else None
+
+    def _next_ino(self, txn) -> int:
+        ino = int.from_bytes(txn.get(b"next_ino", db=self.db["meta"]), "big")
+        txn.put(b"next_ino", _key(ino + 1), db=self.db["meta"])
+        return ino
+
+    # -- inodes and names
+
+    def _inode(self, txn, ino: int) -> Inode | None:
+        data = txn.get(_key(ino), db=self.db["inodes"])
+        return Inode.unpack(ino, data) if data else None
+
+    def _put(self, txn, inode: Inode) -> None:
+        txn.put(_key(inode.ino), inode.pack(), db=self.db["inodes"])
+
+    def inode(self, ino: int) -> Inode | None:
+        with self.reading() as txn:
+            return self._inode(txn, ino)
+
+    def lookup(self, parent: int, name: bytes) -> int | None:
+        with self.reading() as txn:
+            value = txn.get(_key(parent) + name, db=self.db["dirents"])
+        return int.from_bytes(value, "big") if value else None
+
+    def listdir(self, parent: int) -> list[tuple[bytes, int]]:
+        prefix = _key(parent)
+        entries = []
+        with self.reading() as txn:
+            cursor = txn.cursor(db=self.db["dirents"])
+            if cursor.set_range(prefix):
+                for key, value in cursor:
+                    if not key.startswith(prefix):
+                        break
+                    entries.append((key[8:], int.from_bytes(value, "big")))
+        return entries
+
+    def create(self, parent: int, name: bytes, kind: int, mode: int, uid: int, gid: int, data: bytes = b"") -> Inode:
+        """A new file, directory or symlink (``data`` is a symlink's target)."""
+
+        def op(txn):
+            if txn.get(_key(parent) + name, db=self.db["dirents"]) is not None:
+                raise FileExistsError(name)
+            parent_inode = self._inode(txn, parent)
+            if parent_inode is None or not parent_inode.is_dir:
+                raise NotADirectoryError(parent)
+            t = now_ns()
+            inode = Inode(self._next_ino(txn), kind, mode, uid, gid, 2 if kind == DIR else 1,
+                          len(data), t, t, t, len(data), 0)
+            if kind == SYMLINK:
+                txn.put(_chunk_key(inode.ino, 0), data, db=self.db["chunks"])
+            elif kind != DIR:
+                inode = replace(inode, kind=VERBATIM)  # an empty file is verbatim until written
+            self._put(txn, inode)
+            txn.put(_key(parent) + name, _key(inode.ino), db=self.db["dirents"])
+            if kind == DIR:
+                txn.put(_key(inode.ino), _key(parent), db=self.db["dirparents"])
+            self._put(txn, replace(parent_inode, nlink=parent_inode.nlink + (kind == DIR), mtime_ns=t, ctime_ns=t))
+            return inode
+
+        return self.write(op)
+
+    def unlink(self, parent: int, name: bytes, directory: bool = False) -> Inode:
+        """Remove a name. An inode left with no links becomes an orphan, kept
+        until purge() (the filesystem purges it once no handle has it open)."""
+
+        def op(txn):
+            key = _key(parent) + name
+            value = txn.get(key, db=self.db["dirents"])
+            if value is None:
+                raise FileNotFoundError(name)
+            inode = self._inode(txn, int.from_bytes(value, "big"))
+            if directory != inode.is_dir:
+                raise IsADirectoryError(name) if inode.is_dir else NotADirectoryError(name)
+            if inode.is_dir and self._has_children(txn, inode.ino):
+                raise OSError(39, "Directory not empty")  # ENOTEMPTY
+            txn.delete(key, db=self.db["dirents"])
+            txn.delete(_key(inode.ino), db=self.db["dirparents"])
+            return self._drop_link(txn, parent, inode)
+
+        return self.write(op)
+
+    def _has_children(self, txn, ino: int) -> bool:
+        cursor = txn.cursor(db=self.db["dirents"])
+        return cursor.set_range(_key(ino)) and cursor.key().startswith(_key(ino))
+
+    def _drop_link(self, txn, parent: int, inode: Inode) -> Inode:
+        t = now_ns()
+        parent_inode = self._inode(txn, parent)
+        self._put(txn, replace(parent_inode, nlink=parent_inode.nlink - inode.is_dir, mtime_ns=t, ctime_ns=t))
+        remaining = 0 if inode.is_dir else inode.nlink - 1
+        inode = replace(inode, nlink=remaining, ctime_ns=t)
+        self._put(txn, inode)
+        if remaining == 0:
+            txn.put(_key(inode.ino), b"", db=self.db["orphans"])
+        return inode
+
+    def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes) -> None:
+        """POSIX rename: atomically replaces a target of the same type."""
+
+        def op(txn):
+            old_key, new_key = _key(old_parent) + old_name, _key(new_parent) + new_name
+            value = txn.get(old_key, db=self.db["dirents"])
+            if value is None:
+                raise FileNotFoundError(old_name)
+            moving = self._inode(txn, int.from_bytes(value, "big"))
+            if moving.is_dir and self._is_ancestor(txn, moving.ino, new_parent):
+                raise OSError(22, "Invalid argument")  # EINVAL: into its own subtree
+            existing = txn.get(new_key, db=self.db["dirents"])
+            if existing == value:
+                return
+            if existing is not None:
+                target = self._inode(txn, int.from_bytes(existing, "big"))
+                if target.is_dir and not moving.is_dir:
+                    raise IsADirectoryError(new_name)
+                if moving.is_dir and not target.is_dir:
+                    raise NotADirectoryError(new_name)
+                if target.is_dir and self._has_children(txn, target.ino):
+                    raise OSError(39, "Directory not empty")
+                self._drop_link(txn, new_parent, target)
+                txn.delete(existing, db=self.db["dirparents"])
+            txn.delete(old_key, db=self.db["dirents"])
+            txn.put(new_key, value, db=self.db["dirents"])
+            if moving.is_dir:
+                txn.put(value, _key(new_parent), db=self.db["dirparents"])
+            t = now_ns()
+            if moving.is_dir and old_parent != new_parent:
+                for ino, delta in ((old_parent, -1), (new_parent, 1)):
+                    p = self._inode(txn, ino)
+                    self._put(txn, replace(p, nlink=p.nlink + delta))
+            for ino in {old_parent, new_parent}:
+                p = self._inode(txn, ino)
+                self._put(txn, replace(p, mtime_ns=t, ctime_ns=t))
+            self._put(txn, replace(moving, ctime_ns=t))
+
+        self.write(op)
+
+    def _is_ancestor(self, txn, ancestor: int, ino: int) -> bool:
+        """Is directory ``ancestor`` ``ino`` itself or above it?"""
+        while True:
+            if ino == ancestor:
+                return True
+            parent = txn.get(_key(ino), db=self.db["dirparents"])
+            if parent is None:
+                return False
+            ino = int.from_bytes(parent, "big")
+
+    def purge(self, ino: int) -> None:
+        """Delete an orphan's data (no name and no open handle left)."""
+
+        def op(txn):
+            inode = self._inode(txn, ino)
+            if inode is None or inode.nlink > 0:
+                txn.delete(_key(ino), db=self.db["orphans"])
+                return
+            self._delete_content(txn, ino)
+            txn.delete(_key(ino), db=self.db["inodes"])
+            txn.delete(_key(ino), db=self.db["orphans"])
+            txn.delete(_key(ino), db=self.db["pending"])
+            for name in self._xattr_names(txn, ino):
+                txn.delete(_key(ino) + name, db=self.db["xattrs"])
+
+        self.write(op)
+
+    def orphans(self) -> list[int]:
+        with self.reading() as txn:
+            return [int.from_bytes(k, "big") for k, _ in txn.cursor(db=self.db["orphans"])]
+
+    # -- attributes
+
+    def setattr(self, ino: int, **changes) -> Inode:
+        def op(txn):
+            inode = self._inode(txn, ino)
+            if inode is None:
+                raise FileNotFoundError(ino)
+            inode = replace(inode, ctime_ns=now_ns(), **changes)
+            self._put(txn, inode)
+            return inode
+
+        return self.write(op)
+
+    # -- content
+
+    def _delete_content(self, txn, ino: int) -> None:
+        cursor = txn.cursor(db=self.db["chunks"])
+        prefix = _key(ino)
+        while cursor.set_range(prefix) and cursor.key().startswith(prefix):
+            cursor.delete()
+        txn.delete(prefix, db=self.db["records"])
+
+    def _put_chunks(self, txn, ino: int, data: bytes) -> None:
+        for index, start in enumerate(range(0, len(data), CHUNK)):
+            txn.put(_chunk_key(ino, index), data[start : start + CHUNK], db=self.db["chunks"])
+
+    def stage(self, ino: int, data: bytes, queue: bool = True) -> Inode:
+        """Durably replace a file's content with raw bytes; queue it for encoding."""
+
+        def op(txn):
+            inode = self._inode(txn, ino)
+            if inode is None:
+                raise FileNotFoundError(ino)
+            self._delete_content(txn, ino)
+            self._put_chunks(txn, ino, data)
+            t = now_ns()
+            kind = PENDING if queue and data else VERBATIM
+            inode = replace(inode, kind=kind, size=len(data), stored=len(data), mtime_ns=t, ctime_ns=t,
+                            generation=inode.generation + 1)
+            self._put(txn, inode)
+            if kind == PENDING:
+                txn.put(_key(ino), b"", db=self.db["pending"])
+            else:
+                txn.delete(_key(ino), db=self.db["pending"])
+            return inode
+
+        return self.write(op)
+
+    def read_raw(self, ino: int, offset: int = 0, size: int | None = None) -> bytes:
+        """Bytes of a pending or verbatim file (or a symlink target); only the
+        chunks that overlap the range are fetched."""
+        with self.reading() as txn:
+            inode = self._inode(txn, ino)
+            if inode is None:
+                raise FileNotFoundError(ino)
+            end = inode.size if size is None else min(inode.size, offset + size)
+            parts = []
+            for index in range(offset // CHUNK, -(-end // CHUNK) if end > offset else offset // CHUNK):
+                chunk = txn.get(_chunk_key(ino, index), db=self.db["chunks"]) or b""
+                lo = max(offset - index * CHUNK, 0)
+                hi = min(end - index * CHUNK, len(chunk))
+                parts.append(chunk[lo:hi])
+        return b"".join(parts)
+
+    def record(self, ino: int) -> bytes | None:
+        with self.reading() as txn:
+            return txn.get(_key(ino), db=self.db["records"])
+
+    def pending(self, limit: int | None = None) -> list[int]:
+        with self.reading() as txn:
+            out = []
+            for key, _ in txn.cursor(db=self.db["pending"]):
+                out.append(int.from_bytes(key, "big"))
+                if limit and len(out) >= limit:
+                    break
+            return out
+
+    def finish_encode(self, ino: int, generation: int, record: bytes | None, output_length: int = 0) -> bool:
+        """Replace staged bytes by a latent record (or keep them verbatim when
+        ``record`` is None), unless the file changed since it was read."""
+
+        def op(txn):
+            inode = self._inode(txn, ino)
+            if inode is None or inode.generation != generation or inode.kind != PENDING:
+                txn.delete(_key(ino), db=self.db["pending"]) if inode is None else None
+                return False
+            txn.delete(_key(ino), db=self.db["pending"])
+            if record is None:
+                self._put(txn, replace(inode, kind=VERBATIM))
+                return True
+            self._delete_content(txn, ino)
+            txn.put(_key(ino), record, db=self.db["records"])
+            self._put(txn, replace(inode, kind=LATENT, size=output_length, stored=len(record)))
+            return True
+
+        return self.write(op)
+
+    # -- extended attributes
+
+    def _xattr_names(self, txn, ino: int) -> list[bytes]:
+        prefix = _key(ino)
+        names = []
+        cursor = txn.cursor(db=self.db["xattrs"])
+        if cursor.set_range(prefix):
+            for key, _ in cursor:
+                if not key.startswith(prefix):
+                    break
+                names.append(key[8:])
+        return names
+
+    def xattrs(self, ino: int) -> list[bytes]:
+        with self.reading() as txn:
+            return self._xattr_names(txn, ino)
+
+    def get_xattr(self, ino: int, name: bytes) -> bytes | None:
+        with self.reading() as txn:
+            return txn.get(_key(ino) + name, db=self.db["xattrs"])
+
+    def set_xattr(self, ino: int, name: bytes, value: bytes) -> None:
+        self.write(lambda txn: txn.put(_key(ino) + name, value, db=self.db["xattrs"]))
+
+    def remove_xattr(self, ino: int, name: bytes) -> bool:
+        return self.write(lambda txn: txn.delete(_key(ino) + name, db=self.db["xattrs"]))
+
+    # -- totals
+
+    def totals(self) -> dict:
+        counts = {name: 0 for name in KIND_NAMES.values()}
+        logical = stored = 0
+        with self.reading() as txn:
+            for key, value in txn.cursor(db=self.db["inodes"]):
+                inode = Inode.unpack(int.from_bytes(key, "big"), value)
+                counts[KIND_NAMES[inode.kind]] += 1
+                logical += inode.size
+                stored += inode.stored
+        return {"files": counts, "logical_bytes": logical, "stored_bytes": stored}

@@ -1,0 +1,96 @@
+import subprocess
+import sys
+
+import pytest
+
+from sdfs.errors import ModelMismatch
+from sdfs.store import CHUNK, DIR, LATENT, PENDING, ROOT, SYMLINK, VERBATIM, Store
+
+MODEL = {"name": "tiny", "weights_sha256": "ab" * 32, "scaling_factor": 0.18215}
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "store", MODEL)
+    yield s
+    s.close()
+
+
+def test_store_module_does_not_import_torch():
+    code = "import sys, sdfs.store; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_create_lookup_listdir_and_nlink(store):
+    d = store.create(ROOT, b"photos", DIR, 0o40755, 0, 0)
+    f = store.create(d.ino, b"a.png", VERBATIM, 0o100644, 0, 0)
+    link = store.create(d.ino, b"link", SYMLINK, 0o120777, 0, 0, b"a.png")
+    assert store.lookup(ROOT, b"photos") == d.ino
+    assert sorted(store.listdir(d.ino)) == [(b"a.png", f.ino), (b"link", link.ino)]
+    assert store.inode(ROOT).nlink == 3 and store.inode(d.ino).nlink == 2
+    assert store.read_raw(link.ino) == b"a.png"
+    with pytest.raises(FileExistsError):
+        store.create(d.ino, b"a.png", VERBATIM, 0o100644, 0, 0)
+
+
+def test_stage_read_ranges_across_chunks_and_encode(store):
+    f = store.create(ROOT, b"big.bin", VERBATIM, 0o100644, 0, 0)
+    data = bytes(range(256)) * (3 * CHUNK // 256 + 17)
+    staged = store.stage(f.ino, data)
+    assert staged.kind == PENDING and staged.size == len(data) and store.pending() == [f.ino]
+    assert store.read_raw(f.ino) == data
+    assert store.read_raw(f.ino, CHUNK - 5, 10) == data[CHUNK - 5 : CHUNK + 5]
+    assert store.read_raw(f.ino, len(data) - 3, 100) == data[-3:]
+    assert store.read_raw(f.ino, len(data) + 10, 5) == b""
+    # a stale encode (file rewritten meanwhile) is dropped
+    store.stage(f.ino, b"new")
+    assert not store.finish_encode(f.ino, staged.generation, b"record", 1234)
+    current = store.inode(f.ino)
+    assert store.finish_encode(f.ino, current.generation, b"record", 1234)
+    latent = store.inode(f.ino)
+    assert latent.kind == LATENT and latent.size == 1234 and latent.stored == 6
+    assert store.record(f.ino) == b"record" and store.pending() == []
+
+
+def test_rename_replaces_and_refuses_loops(store):
+    a = store.create(ROOT, b"a", DIR, 0o40755, 0, 0)
+    b = store.create(a.ino, b"b", DIR, 0o40755, 0, 0)
+    with pytest.raises(OSError):
+        store.rename(ROOT, b"a", b.ino, b"inside")
+    f1 = store.create(ROOT, b"f1", VERBATIM, 0o100644, 0, 0)
+    f2 = store.create(ROOT, b"f2", VERBATIM, 0o100644, 0, 0)
+    store.rename(ROOT, b"f1", ROOT, b"f2")
+    assert store.lookup(ROOT, b"f2") == f1.ino and store.lookup(ROOT, b"f1") is None
+    assert store.orphans() == [f2.ino]  # replaced target: no name left
+    store.purge(f2.ino)
+    assert store.inode(f2.ino) is None and store.orphans() == []
+    store.rename(a.ino, b"b", ROOT, b"b")
+    assert store.inode(a.ino).nlink == 2 and store.inode(ROOT).nlink == 4
+
+
+def test_rmdir_refuses_non_empty(store):
+    d = store.create(ROOT, b"d", DIR, 0o40755, 0, 0)
+    store.create(d.ino, b"x", VERBATIM, 0o100644, 0, 0)
+    with pytest.raises(OSError, match="not empty"):
+        store.unlink(ROOT, b"d", directory=True)
+
+
+def test_xattrs(store):
+    f = store.create(ROOT, b"f", VERBATIM, 0o100644, 0, 0)
+    store.set_xattr(f.ino, b"user.tag", b"holiday")
+    assert store.get_xattr(f.ino, b"user.tag") == b"holiday" and store.xattrs(f.ino) == [b"user.tag"]
+    assert store.remove_xattr(f.ino, b"user.tag") and store.get_xattr(f.ino, b"user.tag") is None
+
+
+def test_other_model_refused_and_map_grows(tmp_path):
+    path = tmp_path / "s"
+    small = Store(path, MODEL, map_size=1 << 20)  # 1 MiB map: staging 3 MiB must grow it
+    f = small.create(ROOT, b"f", VERBATIM, 0o100644, 0, 0)
+    small.stage(f.ino, b"x" * (3 << 20))
+    assert small.read_raw(f.ino, 0, 4) == b"xxxx"
+    small.close()
+    with pytest.raises(ModelMismatch, match="pass --model"):
+        Store(path, {**MODEL, "weights_sha256": "cd" * 32})
+    reopened = Store(path, MODEL)
+    assert reopened.inode(f.ino).size == 3 << 20
+    reopened.close()

@@ -99,6 +99,19 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mount(args: argparse.Namespace) -> int:
+    from .fs.mount import mount
+
+    return mount(args)
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from .fs.mount import unmount
+
+    unmount(args.mountpoint)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_codec_bench
 
@@ -122,6 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("image", type=Path)
     _add_model_options(decode, encoding=False)
     decode.set_defaults(run=cmd_decode)
+
+    mount = commands.add_parser("mount", help="mount a store: images copied in are kept as latents")
+    mount.add_argument("store", type=Path)
+    mount.add_argument("mountpoint", type=Path)
+    _add_model_options(mount, encoding=True)
+    mount.add_argument("--cache-size", type=int, default=512, metavar="MB", help="decoded-image cache (default %(default)s MB)")
+    mount.add_argument("--foreground", action="store_true", help="stay in the foreground (systemd, debugging)")
+    mount.add_argument("--allow-other", action="store_true", help="let other users in, with kernel permission checks")
+    mount.set_defaults(run=cmd_mount)
+
+    umount = commands.add_parser("umount", help="unmount cleanly")
+    umount.add_argument("mountpoint", type=Path)
+    umount.set_defaults(run=cmd_umount)
 
     bench = commands.add_parser("bench", help="benchmarks")
     bench_kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")

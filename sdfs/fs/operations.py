@@ -1,0 +1,159 @@
+"""fusepy Operations: translate calls and errnos, nothing else."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+
+from fuse import FuseOSError, LoggingMixIn, Operations  # noqa: F401  (LoggingMixIn for -vv debugging)
+
+from .filesystem import Filesystem
+
+log = logging.getLogger(__name__)
+
+
+def _translated(method):
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except FuseOSError:
+            raise
+        except OSError as error:
+            raise FuseOSError(error.errno or errno.EIO) from None
+        except Exception:
+            log.exception("internal error in %s", method.__name__)
+            raise FuseOSError(errno.EIO) from None
+
+    call.__name__ = method.__name__
+    return call
+
+
+class SdfsOperations(Operations):
+    use_ns = True  # fusepy reads this: utimens gets and getattr may give integer nanoseconds
+    def __init__(self, make_filesystem, on_ready=None, on_destroy=None):
+        """``make_filesystem`` runs in init(), after libfuse forked (if it did)."""
+        self._make = make_filesystem
+        self._on_ready = on_ready
+        self._on_destroy = on_destroy
+        self.fs: Filesystem | None = None
+
+    def init(self, path):
+        self.fs = self._make()
+        if self._on_ready:
+            self._on_ready(self.fs)
+
+    def destroy(self, path):
+        if self._on_destroy and self.fs is not None:
+            self._on_destroy(self.fs)
+
+    def _caller(self):
+        from fuse import fuse_get_context
+
+        uid, gid, _ = fuse_get_context()
+        return uid, gid
+
+    @_translated
+    def getattr(self, path, fh=None):
+        return self.fs.getattr(path, fh)
+
+    @_translated
+    def readdir(self, path, fh):
+        return self.fs.readdir(path)
+
+    @_translated
+    def mkdir(self, path, mode):
+        return self.fs.mkdir(path, mode, *self._caller())
+
+    @_translated
+    def rmdir(self, path):
+        return self.fs.rmdir(path)
+
+    @_translated
+    def unlink(self, path):
+        return self.fs.unlink(path)
+
+    @_translated
+    def rename(self, old, new):
+        return self.fs.rename(old, new)
+
+    @_translated
+    def symlink(self, target, source):
+        # fusepy passes (link path, target)
+        return self.fs.symlink(target, source, *self._caller())
+
+    @_translated
+    def readlink(self, path):
+        return self.fs.readlink(path)
+
+    @_translated
+    def link(self, target, source):
+        raise FuseOSError(errno.ENOTSUP)
+
+    @_translated
+    def chmod(self, path, mode):
+        return self.fs.chmod(path, mode)
+
+    @_translated
+    def chown(self, path, uid, gid):
+        return self.fs.chown(path, uid, gid)
+
+    @_translated
+    def utimens(self, path, times=None):
+        # mounted with use_ns=True: times are integer nanoseconds
+        return self.fs.utimens(path, None if times is None else tuple(int(t) for t in times))
+
+    @_translated
+    def create(self, path, mode, fi=None):
+        return self.fs.create(path, mode, *self._caller())
+
+    @_translated
+    def open(self, path, flags):
+        return self.fs.open(path, flags)
+
+    @_translated
+    def read(self, path, size, offset, fh):
+        return self.fs.read(path, size, offset, fh)
+
+    @_translated
+    def write(self, path, data, offset, fh):
+        return self.fs.write(path, data, offset, fh)
+
+    @_translated
+    def truncate(self, path, length, fh=None):
+        return self.fs.truncate(path, length, fh)
+
+    @_translated
+    def flush(self, path, fh):
+        return self.fs.flush(path, fh)
+
+    @_translated
+    def release(self, path, fh):
+        return self.fs.release(path, fh)
+
+    @_translated
+    def fsync(self, path, datasync, fh):
+        return self.fs.fsync(path, datasync, fh)
+
+    @_translated
+    def getxattr(self, path, name, position=0):
+        return self.fs.getxattr(path, name)
+
+    @_translated
+    def listxattr(self, path):
+        return self.fs.listxattr(path)
+
+    @_translated
+    def setxattr(self, path, name, value, options, position=0):
+        return self.fs.setxattr(path, name, value)
+
+    @_translated
+    def removexattr(self, path, name):
+        return self.fs.removexattr(path, name)
+
+    @_translated
+    def statfs(self, path):
+        return self.fs.statfs()
+
+    def access(self, path, amode):
+        return 0  # permission checks are the kernel's (default_permissions) when other users see the mount

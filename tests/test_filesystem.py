@@ -1,0 +1,115 @@
+"""The filesystem's logic driven directly, without mounting."""
+
+import errno
+import os
+import threading
+
+import pytest
+
+from sdfs.codec.codec import Codec
+from sdfs.codec.guard import Floor
+from sdfs.fs.encoder import Encoder
+from sdfs.fs.filesystem import Filesystem
+from sdfs.store import Store
+from tests.images_factory import CANDIDATES
+
+
+@pytest.fixture
+def fs(tmp_path, tiny_vae):
+    codec = Codec(tiny_vae, quality="high", floor=Floor(0, -1))
+    store = Store(tmp_path / "store", {"name": "tiny"})
+    encoder = Encoder(store, codec)
+    filesystem = Filesystem(store, codec, encoder, cache_bytes=1 << 20)
+    encoder.start()
+    yield filesystem
+    encoder.stop()
+    store.close()
+
+
+def _write(fs, path, data):
+    fh = fs.create(path, 0o644)
+    fs.write(path, data, 0, fh)
+    return fh
+
+
+def test_size_is_honest_while_writing_and_after_encoding(fs):
+    image = CANDIDATES["rgb.png"]()
+    fh = _write(fs, "/a.png", image[:1000])
+    assert fs.getattr("/a.png")["st_size"] == 1000  # buffered bytes count
+    fs.write("/a.png", image[1000:], 1000, fh)
+    fs.flush("/a.png", fh)
+    assert fs.getattr("/a.png")["st_size"] == len(image)
+    assert fs.read("/a.png", 1 << 20, 0, fh) == image  # before encoding: the original bytes
+    fs.fsync("/a.png", False, fh)  # returns once the final form is durable
+    fs.release("/a.png", fh)
+    size = fs.getattr("/a.png")["st_size"]
+    reader = fs.open("/a.png", os.O_RDONLY)
+    content = fs.read("/a.png", size + 100, 0, reader)
+    assert len(content) == size and content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert fs.getxattr("/a.png", "user.sdfs.kind") == b"latent"
+
+
+def test_non_images_are_byte_exact(fs):
+    for name, data in (("/t.txt", b"hello\n" * 1000), ("/bad.png", CANDIDATES["rgb.png"]()[:300])):
+        fh = _write(fs, name, data)
+        fs.fsync(name, False, fh)
+        fs.release(name, fh)
+        assert fs.getxattr(name, "user.sdfs.kind") == b"verbatim"
+        reader = fs.open(name, os.O_RDONLY)
+        assert fs.read(name, 1 << 20, 0, reader) == data
+
+
+def test_eight_threads_share_one_decode_and_cache_stays_in_budget(fs):
+    fh = _write(fs, "/a.png", CANDIDATES["rgba.png"]())
+    fs.fsync("/a.png", False, fh)
+    fs.release("/a.png", fh)
+    size = fs.getattr("/a.png")["st_size"]
+    barrier = threading.Barrier(8)
+    results = []
+
+    def reader():
+        handle = fs.open("/a.png", os.O_RDONLY)
+        barrier.wait()
+        results.append(fs.read("/a.png", size, 0, handle))
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert fs.decodes == 1 and len(set(results)) == 1 and len(results[0]) == size
+    assert fs.cache.currsize <= fs.cache.maxsize
+
+
+def test_rename_and_unlink_while_open(fs):
+    fh = _write(fs, "/.goutputstream-X", b"data")
+    fs.rename("/.goutputstream-X", "/final.txt")  # GIO renames while the file is open
+    fs.write("/final.txt", b"more", 4, fh)
+    fs.release("/final.txt", fh)
+    reader = fs.open("/final.txt", os.O_RDONLY)
+    assert fs.read("/final.txt", 100, 0, reader) == b"datamore"
+    fs.unlink("/final.txt")
+    assert fs.read("/final.txt", 100, 0, reader) == b"datamore"  # open handle still reads
+    ino = fs._handles[reader].ino
+    fs.release("/final.txt", reader)
+    assert fs.store.inode(ino) is None  # purged at the last release
+
+
+def test_errnos(fs):
+    with pytest.raises(OSError) as caught:
+        fs.getattr("/missing")
+    assert caught.value.errno == errno.ENOENT
+    fs.mkdir("/d", 0o755)
+    _write(fs, "/d/x", b"1")
+    with pytest.raises(OSError) as caught:
+        fs.rmdir("/d")
+    assert caught.value.errno == errno.ENOTEMPTY
+    with pytest.raises(OSError) as caught:
+        fs.setxattr("/d/x", "user.sdfs.kind", b"x")
+    assert caught.value.errno == errno.EPERM
+    with pytest.raises(OSError) as caught:
+        fs.setxattr("/d/x", "trusted.x", b"x")
+    assert caught.value.errno == errno.ENOTSUP
+    with pytest.raises(OSError) as caught:
+        fs.getxattr("/d/x", "user.none")
+    assert caught.value.errno == errno.ENODATA

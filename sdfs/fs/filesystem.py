@@ -21,6 +21,7 @@ from cachetools import LRUCache
 from ..codec import container
 from ..errors import SdfsError
 from ..store import DIR, KIND_NAMES, LATENT, PENDING, ROOT, SYMLINK, VERBATIM, Store
+from ..store.store import now_ns
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class Handle:
     writable: bool
     spool: tempfile.SpooledTemporaryFile | None = None  # present once content is being changed
     dirty: bool = False
+    mtime_ns: int | None = None  # of the last write, or as set by utimens while open
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -136,6 +138,10 @@ class Filesystem:
         now = self.store.inode(ino).ctime_ns if times_ns is None else None
         atime, mtime = times_ns or (now, now)
         self.store.setattr(ino, atime_ns=int(atime), mtime_ns=int(mtime))
+        with self._lock:  # cp -a sets times before close(): the commit must keep them
+            for handle in self._handles.values():
+                if handle.ino == ino and handle.dirty:
+                    handle.mtime_ns = int(mtime)
 
     # -- directories and names
 
@@ -274,6 +280,7 @@ class Filesystem:
             handle.spool.seek(offset)
             handle.spool.write(data)
             handle.dirty = True
+            handle.mtime_ns = now_ns()
         return len(data)
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
@@ -294,6 +301,7 @@ class Filesystem:
                 handle.spool.write(b"\0" * (length - size))
             handle.spool.truncate(length)
             handle.dirty = True
+            handle.mtime_ns = now_ns()
 
     def flush(self, path: str, fh: int) -> None:
         """close() of any descriptor: make its changes durable before it returns."""
@@ -308,10 +316,11 @@ class Filesystem:
             handle.spool.seek(0)
             data = handle.spool.read()
             handle.dirty = False
-        self._stage(handle.ino, data)
+            mtime = handle.mtime_ns
+        self._stage(handle.ino, data, mtime)
 
-    def _stage(self, ino: int, data: bytes) -> None:
-        self.store.stage(ino, data, queue=self.encoder is not None)
+    def _stage(self, ino: int, data: bytes, mtime_ns: int | None = None) -> None:
+        self.store.stage(ino, data, queue=self.encoder is not None, mtime_ns=mtime_ns)
         if self.encoder is not None:
             self.encoder.notify()
 

@@ -336,8 +336,9 @@ class Store:
         for index, start in enumerate(range(0, len(data), CHUNK)):
             txn.put(_chunk_key(ino, index), data[start : start + CHUNK], db=self.db["chunks"])
 
-    def stage(self, ino: int, data: bytes, queue: bool = True) -> Inode:
-        """Durably replace a file's content with raw bytes; queue it for encoding."""
+    def stage(self, ino: int, data: bytes, queue: bool = True, mtime_ns: int | None = None) -> Inode:
+        """Durably replace a file's content with raw bytes; queue it for encoding.
+        ``mtime_ns``: when the content was last written (default: now)."""
 
         def op(txn):
             inode = self._inode(txn, ino)
@@ -347,7 +348,7 @@ class Store:
             self._put_chunks(txn, ino, data)
             t = now_ns()
             kind = PENDING if queue and data else VERBATIM
-            inode = replace(inode, kind=kind, size=len(data), stored=len(data), mtime_ns=t, ctime_ns=t,
+            inode = replace(inode, kind=kind, size=len(data), stored=len(data), mtime_ns=mtime_ns or t, ctime_ns=t,
                             generation=inode.generation + 1)
             self._put(txn, inode)
             if kind == PENDING:

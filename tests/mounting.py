@@ -1,0 +1,79 @@
+"""Mount sdfs for real in a subprocess; always unmount, also when a test fails."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount")
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+@contextmanager
+def mounted(store: Path, mountpoint: Path, model: Path, *extra: str, timeout: float = 90):
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    log = store.parent / f"daemon-{time.monotonic_ns()}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sdfs", "-v", "mount", str(store), str(mountpoint), "--model", str(model),
+             "--device", "cpu", "--quality", "high", "--fidelity-floor", "0:-1", "--foreground", *extra],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+    try:
+        wait_for(lambda: os.path.ismount(mountpoint) or proc.poll() is not None, timeout, "the mount")
+        if proc.poll() is not None:
+            raise RuntimeError(f"sdfs mount exited {proc.returncode}: {log.read_text()}")
+        proc.log = log
+        yield proc
+    finally:
+        if os.path.ismount(mountpoint):
+            subprocess.run([FUSERMOUNT, "-u", str(mountpoint)], capture_output=True)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if os.path.ismount(mountpoint) or _stale(mountpoint):
+            subprocess.run([FUSERMOUNT, "-u", "-z", str(mountpoint)], capture_output=True)
+
+
+def _stale(mountpoint: Path) -> bool:
+    try:
+        os.stat(mountpoint)
+        return False
+    except OSError:
+        return True
+
+
+def wait_encoded(root: Path, timeout: float = 300) -> None:
+    """Until no file under ``root`` is pending (user.sdfs.kind)."""
+
+    def settled():
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink() and os.getxattr(path, "user.sdfs.kind") == b"pending":
+                return False
+        return True
+
+    wait_for(settled, timeout, "pending encodes")
+
+
+def assert_sizes_honest(root: Path) -> int:
+    count = 0
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert path.stat().st_size == len(path.read_bytes()), path
+            count += 1
+    return count

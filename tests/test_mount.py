@@ -1,0 +1,119 @@
+"""The filesystem mounted for real, used with ordinary copy tools."""
+
+import filecmp
+import io
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import KODAK
+from tests.images_factory import CANDIDATES
+from tests.mounting import assert_sizes_honest, mounted, wait_encoded, wait_for
+
+pytestmark = [
+    pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse"),
+    pytest.mark.timeout(900),
+]
+
+
+def _sources(tmp_path):
+    """A few Kodak photos (cut to 256x256 to keep the CPU encode short) and
+    files that must come back byte-exact."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for index in (1, 7, 23):
+        Image.open(KODAK / f"kodim{index:02d}.png").crop((0, 0, 256, 256)).save(src / f"k{index}.png")
+    (src / "sub" / "photo.jpg").write_bytes(CANDIDATES["exif-icc.jpg"]())
+    (src / "notes.txt").write_bytes(b"not an image\n" * 100)
+    (src / "truncated.png").write_bytes((src / "k1.png").read_bytes()[:5000])
+    sixteen = io.BytesIO()
+    Image.fromarray((np.arange(64 * 64, dtype=np.uint16) * 16).reshape(64, 64)).save(sixteen, "PNG")
+    (src / "deep.png").write_bytes(sixteen.getvalue())
+    (src / "random.jpg").write_bytes(np.random.default_rng(0).bytes(20000))
+    return src
+
+
+VERBATIM = ("notes.txt", "truncated.png", "deep.png", "random.jpg")
+
+
+def test_copy_tools_sizes_and_remount(tmp_path, tiny_vae_dir):
+    src = _sources(tmp_path)
+    store, mnt = tmp_path / "store", tmp_path / "mnt"
+    with mounted(store, mnt, tiny_vae_dir):
+        subprocess.run(["cp", "-r", str(src), str(mnt / "cp")], check=True)
+        subprocess.run(["cp", "-a", str(src), str(mnt / "cpa")], check=True)
+        subprocess.run(["rsync", "-a", f"{src}/", str(mnt / "rsync")], check=True)
+        shutil.copytree(src, mnt / "copytree")
+        if shutil.which("gio"):
+            (mnt / "gio").mkdir()
+            subprocess.run(["gio", "copy", str(src / "k7.png"), str(mnt / "gio" / "k7.png")], check=True)
+        assert assert_sizes_honest(mnt) >= 4 * 8  # before encoding: staged originals
+        wait_encoded(mnt)
+        assert assert_sizes_honest(mnt) >= 4 * 8  # after encoding: reconstructions
+        for tree in ("cp", "cpa", "rsync", "copytree"):
+            for name in VERBATIM:
+                assert filecmp.cmp(src / name, mnt / tree / name, shallow=False), (tree, name)
+                assert os.getxattr(mnt / tree / name, "user.sdfs.kind") == b"verbatim"
+            assert os.getxattr(mnt / tree / "k1.png", "user.sdfs.kind") == b"latent"
+        assert (mnt / "cpa" / "k1.png").stat().st_mtime_ns == (src / "k1.png").stat().st_mtime_ns
+        subprocess.run(["mv", str(mnt / "cp"), str(mnt / "moved")], check=True)
+        subprocess.run(["rm", "-r", str(mnt / "copytree")], check=True)
+        assert not (mnt / "copytree").exists() and (mnt / "moved" / "sub" / "photo.jpg").exists()
+        sizes = {p.relative_to(mnt): p.stat().st_size for p in mnt.rglob("*") if p.is_file()}
+    with mounted(store, mnt, tiny_vae_dir):
+        assert {p.relative_to(mnt): p.stat().st_size for p in mnt.rglob("*") if p.is_file()} == sizes
+        assert_sizes_honest(mnt)
+        assert filecmp.cmp(src / "notes.txt", mnt / "moved" / "notes.txt", shallow=False)
+
+
+def test_kill_9_loses_no_closed_file(tmp_path, tiny_vae_dir):
+    src = _sources(tmp_path)
+    store, mnt = tmp_path / "store", tmp_path / "mnt"
+    closed = []
+    with mounted(store, mnt, tiny_vae_dir) as daemon:
+        for round_ in range(3):
+            for path in sorted(src.glob("*.*")):
+                target = mnt / f"r{round_}-{path.name}"
+                shutil.copyfile(path, target)  # returns after close()
+                closed.append((target.name, path))
+        os.kill(daemon.pid, signal.SIGKILL)
+        daemon.wait()
+    with mounted(store, mnt, tiny_vae_dir):  # clears the stale mount first
+        for name, source in closed:
+            assert (mnt / name).exists(), name
+        wait_encoded(mnt)
+        assert assert_sizes_honest(mnt) == len(closed)
+        for name, source in closed:
+            if source.name in VERBATIM:
+                assert filecmp.cmp(source, mnt / name, shallow=False)
+            else:
+                assert os.getxattr(mnt / name, "user.sdfs.kind") == b"latent"
+
+
+def test_metadata_operations(tmp_path, tiny_vae_dir):
+    store, mnt = tmp_path / "store", tmp_path / "mnt"
+    with mounted(store, mnt, tiny_vae_dir):
+        path = mnt / "f.txt"
+        path.write_bytes(b"abc")
+        os.chmod(path, 0o600)
+        assert (path.stat().st_mode & 0o777) == 0o600
+        os.utime(path, ns=(1_000_000_123, 2_000_000_456))
+        assert path.stat().st_mtime_ns == 2_000_000_456
+        os.setxattr(path, "user.tag", b"holiday")
+        assert os.getxattr(path, "user.tag") == b"holiday"
+        assert "user.tag" in os.listxattr(path)
+        with pytest.raises(OSError):
+            os.setxattr(path, "user.sdfs.kind", b"latent")
+        os.symlink("f.txt", mnt / "link")
+        assert os.readlink(mnt / "link") == "f.txt" and (mnt / "link").read_bytes() == b"abc"
+        with open(path, "r+b") as f:
+            f.truncate(1)
+        assert path.read_bytes() == b"a" and path.stat().st_size == 1
+        statvfs = os.statvfs(mnt)
+        assert statvfs.f_bsize > 0 and statvfs.f_blocks > 0

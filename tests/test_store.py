@@ -94,3 +94,8 @@ def test_other_model_refused_and_map_grows(tmp_path):
     reopened = Store(path, MODEL)
     assert reopened.inode(f.ino).size == 3 << 20
     reopened.close()
+
+
+def test_same_weights_under_another_name_open_the_store(tmp_path):
+    Store(tmp_path / "s", MODEL).close()
+    Store(tmp_path / "s", {**MODEL, "name": "/elsewhere/same-weights"}).close()

@@ -31,21 +31,21 @@ def _translated(method):
 
 class SdfsOperations(Operations):
     use_ns = True  # fusepy reads this: utimens gets and getattr may give integer nanoseconds
-    def __init__(self, make_filesystem, on_ready=None, on_destroy=None):
-        """``make_filesystem`` runs in init(), after libfuse forked (if it did)."""
-        self._make = make_filesystem
+    def __init__(self, fs: Filesystem, on_ready=None, on_destroy=None):
+        """libfuse runs in the foreground (sdfs forks itself, before opening
+        anything), so the filesystem is built before mounting; ``on_ready``
+        runs in init(), once the kernel talks to us (threads start there)."""
+        self.fs = fs
         self._on_ready = on_ready
         self._on_destroy = on_destroy
-        self.fs: Filesystem | None = None
 
     def init(self, path):
-        self.fs = self._make()
         if self._on_ready:
-            self._on_ready(self.fs)
+            self._on_ready()
 
     def destroy(self, path):
-        if self._on_destroy and self.fs is not None:
-            self._on_destroy(self.fs)
+        if self._on_destroy:
+            self._on_destroy()
 
     def _caller(self):
         from fuse import fuse_get_context

@@ -44,6 +44,12 @@ def _chunk_key(ino: int, index: int) -> bytes:
     return _key(ino) + index.to_bytes(4, "big")
 
 
+def _latent_space(model: dict) -> dict:
+    """What must match to read a store's latents: everything but the name
+    (the same weights may live in another folder or come from the hub)."""
+    return {k: v for k, v in model.items() if k != "name"}
+
+
 def now_ns() -> int:
     return time.time_ns()
 
@@ -130,7 +136,7 @@ class Store:
             stored = txn.get(b"model", db=meta)
             if model is not None and stored is None:
                 txn.put(b"model", json.dumps(model, sort_keys=True).encode(), db=meta)
-            elif model is not None and json.loads(stored) != model:
+            elif model is not None and _latent_space(json.loads(stored)) != _latent_space(model):
                 theirs = json.loads(stored)
                 raise ModelMismatch(
                     f"store {self.path} holds latents of VAE {theirs.get('name')} (weights {theirs.get('weights_sha256', '')[:12]}); "

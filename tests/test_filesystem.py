@@ -113,3 +113,19 @@ def test_errnos(fs):
     with pytest.raises(OSError) as caught:
         fs.getxattr("/d/x", "user.none")
     assert caught.value.errno == errno.ENODATA
+
+
+def test_a_reader_open_before_encoding_keeps_reading_the_original(fs):
+    image = CANDIDATES["rgb.png"]()
+    fh = _write(fs, "/a.png", image)
+    fs.release("/a.png", fh)
+    reader = fs.open("/a.png", os.O_RDONLY)  # before the encoder gets to it
+    first = fs.read("/a.png", 100, 0, reader)
+    fs.encoder.notify()
+    fs.encoder.wait_idle(timeout=5)  # it encodes, but may not swap bytes under an open reader
+    rest = fs.read("/a.png", 1 << 20, 100, reader)
+    assert first + rest == image
+    assert fs.getxattr("/a.png", "user.sdfs.kind") == b"pending"
+    fs.release("/a.png", reader)
+    assert fs.encoder.wait_for(fs.resolve("/a.png"), timeout=60)
+    assert fs.getxattr("/a.png", "user.sdfs.kind") == b"latent"

@@ -170,3 +170,19 @@ def test_background_mount_reports_ready_or_its_error(tmp_path, tiny_vae_dir):
     assert failed.returncode != 0 and not os.path.ismount(mnt)
     lines = failed.stderr.strip().splitlines()
     assert len(lines) == 1 and "missing" in lines[0] and "Traceback" not in failed.stderr
+
+
+def test_eight_readers_of_an_uncached_file_cause_one_decode(tmp_path, tiny_vae_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store, mnt = tmp_path / "store", tmp_path / "mnt"
+    with mounted(store, mnt, tiny_vae_dir, "--cache-size", "64") as daemon:
+        (mnt / "a.png").write_bytes(CANDIDATES["rgb.png"]())
+        wait_encoded(mnt)  # reads only xattrs: the reconstruction is not cached yet
+        ino = (mnt / "a.png").stat().st_ino
+        size = (mnt / "a.png").stat().st_size
+        with ThreadPoolExecutor(8) as pool:
+            contents = list(pool.map(lambda _: (mnt / "a.png").read_bytes(), range(8)))
+        assert len(set(contents)) == 1 and len(contents[0]) == size
+        decodes = [line for line in daemon.log.read_text().splitlines() if f"decoded inode {ino} " in line]
+        assert len(decodes) == 1, decodes

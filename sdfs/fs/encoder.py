@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 
 class Encoder:
     def __init__(self, store: Store, codec, batch_size: int = 8):
+        # set by the Filesystem: a context manager yielding "is this inode open?"
+        # under the lock that open() takes, so no reader sees bytes swapped mid-read
+        self.open_files = None
         self.store = store
         self.codec = codec
         self.batch_size = batch_size
@@ -53,11 +56,15 @@ class Encoder:
                 self._wake.wait(timeout=5)
                 self._wake.clear()
                 continue
+            self._deferred = False
             try:
                 self._encode(batch)
             except Exception:  # never let the thread die: log, back off, retry later
                 log.exception("encoding batch %s failed; will retry", batch)
                 self._wake.wait(timeout=30)
+            if self._deferred:  # open files: wait for a close (release notifies) before retrying
+                self._wake.wait(timeout=5)
+                self._wake.clear()
             with self._changed:
                 self._changed.notify_all()
 
@@ -78,11 +85,27 @@ class Encoder:
                 log.info("inode %d: %s", inode.ino, verdict)
             else:
                 verdict, keep = f"keep latent: {result.verdict.reason}", result
-            # the decision is visible as user.sdfs.verdict (invariant 4)
-            self.store.set_xattr(inode.ino, b"sdfs.verdict", verdict.encode())
-            if keep is None:
-                self.store.finish_encode(inode.ino, inode.generation, None)
-            else:
-                self.store.finish_encode(inode.ino, inode.generation, keep.record, keep.output_length)
+            self._finish(inode, verdict, keep)
         for ino in set(batch) - {inode.ino for inode in live}:
             self.store.finish_encode(ino, -1, None)  # vanished: just dequeue
+
+    def _finish(self, inode, verdict: str, result) -> None:
+        guard = self.open_files() if self.open_files else _NoneOpen()
+        with guard as is_open:
+            if is_open(inode.ino):
+                self._deferred = True  # a handle still reads the staged bytes: retry after it closes
+                return
+            # the decision is visible as user.sdfs.verdict (invariant 4)
+            self.store.set_xattr(inode.ino, b"sdfs.verdict", verdict.encode())
+            if result is None:
+                self.store.finish_encode(inode.ino, inode.generation, None)
+            else:
+                self.store.finish_encode(inode.ino, inode.generation, result.record, result.output_length)
+
+
+class _NoneOpen:
+    def __enter__(self):
+        return lambda ino: False
+
+    def __exit__(self, *exc):
+        return False

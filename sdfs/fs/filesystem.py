@@ -7,6 +7,7 @@ Open files are tracked by handle, so renames and unlinks of open files work.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import logging
@@ -14,6 +15,7 @@ import os
 import stat
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 
 from cachetools import LRUCache
@@ -65,6 +67,16 @@ class Filesystem:
         self.spool_dir.mkdir(exist_ok=True)
         for ino in store.orphans():  # names removed while open before a crash
             store.purge(ino)
+        if encoder is not None:
+            encoder.open_files = self._open_files
+
+    @contextlib.contextmanager
+    def _open_files(self):
+        """Inodes that a handle reads from the store. Handles with their own
+        write buffer do not care whether the store's bytes are swapped."""
+        with self._lock:
+            open_inos = {handle.ino for handle in self._handles.values() if handle.spool is None}
+            yield open_inos.__contains__
 
     # -- paths
 
@@ -333,6 +345,8 @@ class Filesystem:
         if handle.spool is not None:
             handle.spool.close()
         self._purge_if_unused(handle.ino)
+        if self.encoder is not None:
+            self.encoder.notify()  # an encode deferred for this open file can finish now
 
     def fsync(self, path: str, datasync: bool, fh: int) -> None:
         """Returns once the file is durable in its final form (encoded or verbatim)."""
@@ -370,12 +384,14 @@ class Filesystem:
 
     def _decode(self, inode) -> bytes:
         record = self.store.record(inode.ino)
+        started = time.perf_counter()
         try:
             output = self.codec.decode(record)
         except SdfsError as error:
             log.error("cannot decode inode %d: %s", inode.ino, error)
             raise fail(errno.EIO) from None
         self.decodes += 1
+        log.info("decoded inode %d (%d bytes) in %.2f s", inode.ino, len(output), time.perf_counter() - started)
         if len(output) != inode.size:  # never serve bytes that contradict st_size
             log.error("inode %d decoded to %d bytes, expected %d", inode.ino, len(output), inode.size)
             raise fail(errno.EIO)

@@ -99,7 +99,9 @@ def mount(args) -> int:
         encoder.stop(timeout=600)  # finish the batch in hand; the rest stays queued, durably
         fs.store.close()
 
-    options = dict(foreground=True, nothreads=False, big_writes=True, max_read=1 << 17,
+    # attr_timeout=0: a file's size changes when the encoder swaps in the
+    # reconstruction, and the kernel must not serve a cached st_size then
+    options = dict(foreground=True, nothreads=False, big_writes=True, max_read=1 << 17, attr_timeout=0,
                    max_write=1 << 17, fsname=f"sdfs:{Path(args.store).resolve()}", subtype="sdfs")
     if args.allow_other:
         options.update(allow_other=True, default_permissions=True)

@@ -35,6 +35,23 @@ def fail(code: int, what: str = "") -> OSError:
     return OSError(code, os.strerror(code), what)
 
 
+_STORE_ERRNOS = {
+    FileNotFoundError: errno.ENOENT,
+    FileExistsError: errno.EEXIST,
+    IsADirectoryError: errno.EISDIR,
+    NotADirectoryError: errno.ENOTDIR,
+}
+
+
+@contextlib.contextmanager
+def store_errors(path: str):
+    """The store raises FileNotFoundError & co.; callers need their errnos."""
+    try:
+        yield
+    except OSError as error:
+        raise fail(error.errno or _STORE_ERRNOS.get(type(error), errno.EIO), path) from None
+
+
 @dataclass
 class Handle:
     ino: int
@@ -165,10 +182,8 @@ class Filesystem:
 
     def _create(self, path: str, kind: int, mode: int, uid: int, gid: int, data: bytes = b"") -> int:
         parent, name = self._parent(path)
-        try:
+        with store_errors(path):
             return self.store.create(parent, name, kind, mode, uid, gid, data).ino
-        except FileExistsError:
-            raise fail(errno.EEXIST, path) from None
 
     def mkdir(self, path: str, mode: int, uid: int = 0, gid: int = 0) -> None:
         self._create(path, DIR, stat.S_IFDIR | (mode & 0o7777), uid, gid)
@@ -184,16 +199,8 @@ class Filesystem:
 
     def _remove(self, path: str, directory: bool) -> None:
         parent, name = self._parent(path)
-        try:
+        with store_errors(path):
             inode = self.store.unlink(parent, name, directory=directory)
-        except FileNotFoundError:
-            raise fail(errno.ENOENT, path) from None
-        except IsADirectoryError:
-            raise fail(errno.EISDIR, path) from None
-        except NotADirectoryError:
-            raise fail(errno.ENOTDIR, path) from None
-        except OSError as error:
-            raise fail(error.errno or errno.EIO, path) from None
         self._purge_if_unused(inode.ino)
 
     def unlink(self, path: str) -> None:
@@ -206,16 +213,8 @@ class Filesystem:
         old_parent, old_name = self._parent(old)
         new_parent, new_name = self._parent(new)
         replaced = self.store.lookup(new_parent, new_name)
-        try:
+        with store_errors(new):
             self.store.rename(old_parent, old_name, new_parent, new_name)
-        except FileNotFoundError:
-            raise fail(errno.ENOENT, old) from None
-        except IsADirectoryError:
-            raise fail(errno.EISDIR, new) from None
-        except NotADirectoryError:
-            raise fail(errno.ENOTDIR, new) from None
-        except OSError as error:
-            raise fail(error.errno or errno.EIO, new) from None
         if replaced is not None:
             self._purge_if_unused(replaced)
 
@@ -412,8 +411,8 @@ class Filesystem:
             values["model"] = f"{record.model.name} {record.model.weights_sha256.hex()}"
             values["quality"] = record.quality
             for m in record.measurements:
-                values[f"psnr"] = f"{m.fidelity.psnr:.2f}"
-                values[f"ssim"] = f"{m.fidelity.ssim:.4f}"
+                values["psnr"] = f"{m.fidelity.psnr:.2f}"
+                values["ssim"] = f"{m.fidelity.ssim:.4f}"
                 values["decoder"] = m.decoder
         return {READ_ONLY_PREFIX + k: v.encode() for k, v in values.items()}
 

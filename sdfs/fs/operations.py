@@ -6,7 +6,7 @@ import errno
 import logging
 import os
 
-from fuse import FuseOSError, LoggingMixIn, Operations  # noqa: F401  (LoggingMixIn for -vv debugging)
+from fuse import FuseOSError, Operations
 
 from .filesystem import Filesystem
 

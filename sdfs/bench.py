@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from .codec import latents
+from .codec.images import plan_output_length, probe
 from .codec.codec import Codec
 from .codec.guard import Floor, measure, ms_ssim
 from .codec.random_models import save_random_vae
@@ -84,9 +85,10 @@ def size_and_speed(vae: Vae, images: dict[str, np.ndarray], decode_timing: int, 
     for index, (name, pixels) in enumerate(images.items()):
         ((latent, tiling),), encode_s = _timed(lambda: vae.encode([pixels]))
         row = {"image": name, "width": pixels.shape[1], "height": pixels.shape[0], "encode_s": encode_s, "quality": {}}
+        source = probe(_png_bytes(pixels))  # once per image, not per quality
         for quality in latents.QUALITIES:
             payload = latents.encode_latent(latent, quality)
-            record_bytes = len(record_for_size(vae, pixels, payload, tiling, quality))
+            record_bytes = len(record_for_size(vae, source, payload, tiling, quality))
             row["quality"][quality] = {
                 "latent_bytes": len(payload),
                 "record_bytes": record_bytes,
@@ -100,22 +102,21 @@ def size_and_speed(vae: Vae, images: dict[str, np.ndarray], decode_timing: int, 
     return {"images": rows, "summary": summarise(rows), "peak_rss_mb": peak_rss_mb()}
 
 
-def record_for_size(vae: Vae, pixels: np.ndarray, payload: bytes, tiling, quality: str) -> bytes:
+def record_for_size(vae: Vae, source, payload: bytes, tiling, quality: str) -> bytes:
     """The record the codec writes for this latent, byte for byte in length,
     without the guard's decode (25 s a 512x512 image on a CPU). Only the
     fidelity figures are placeholders; they are fixed-size floats."""
-    from .codec import container, images
+    from .codec import container
     from .codec.container import Measurement, Record
     from .codec.guard import Fidelity
 
-    source = images.probe(_png_bytes(pixels))
     record = Record(
         model=vae.identity,
         encode_dtype=vae.dtype_name,
         spec=source.spec,
         tiling=tiling,
         quality=quality,
-        output_length=images.plan_output_length(source.spec, source.pixels, source.alpha),
+        output_length=plan_output_length(source.spec, source.pixels, source.alpha),
         latent=payload,
         measurements=(Measurement("full", vae.identity.weights_sha256, Fidelity(0.0, 0.0)),),
     )

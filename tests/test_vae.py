@@ -6,7 +6,7 @@ import torch
 
 from sdfs.codec.guard import psnr
 from sdfs.codec.random_models import save_random_vae
-from sdfs.codec.vae import Tiling, Vae, fingerprint, load_autoencoder
+from sdfs.codec.vae import Tiling, Vae
 from sdfs.errors import ModelMismatch, ModelUnavailable
 from tests.conftest import kodak_image
 

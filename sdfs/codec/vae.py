@@ -392,8 +392,9 @@ class Vae:
         # Defaults: untiled up to 1024x1024 pixels and tiles of 512 for SD's factor 8.
         self.max_untiled_latent = max_untiled_latent
         self.default_tiling = Tiling(tile_latent, overlap_latent, max_untiled_latent)
-        if self.default_tiling.problem():
-            raise ValueError(self.default_tiling.problem())
+        problem = self.default_tiling.problem()
+        if problem:
+            raise ValueError(problem)
         # one forward pass at a time: SharedGroupNorm patches the shared model
         self._lock = threading.RLock()
         self._fp32_copies: dict[int, torch.nn.Module] = {}

@@ -106,10 +106,37 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from .fs.mount import unmount
+    from .fs.mount import clear_stale_only, unmount
 
-    unmount(args.mountpoint)
+    if args.stale:
+        clear_stale_only(args.mountpoint)
+    else:
+        unmount(args.mountpoint)
     return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from .fs.control import sync
+
+    return sync(args.mountpoint, args.timeout)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .importer import run_import
+
+    return run_import(args)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .stats import run_stats
+
+    return run_stats(args)
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    from .fsck import run_fsck
+
+    return run_fsck(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -137,17 +164,46 @@ def build_parser() -> argparse.ArgumentParser:
     decode.set_defaults(run=cmd_decode)
 
     mount = commands.add_parser("mount", help="mount a store: images copied in are kept as latents")
-    mount.add_argument("store", type=Path)
-    mount.add_argument("mountpoint", type=Path)
+    mount.add_argument("store", type=Path, nargs="?", help="the store folder (or `store` in --config)")
+    mount.add_argument("mountpoint", type=Path, nargs="?", help="where to mount it (or `mountpoint` in --config)")
+    mount.add_argument("--config", type=Path, help="TOML file whose keys are these options (e.g. /etc/sdfs/NAME.toml)")
     _add_model_options(mount, encoding=True)
     mount.add_argument("--cache-size", type=int, default=512, metavar="MB", help="decoded-image cache (default %(default)s MB)")
     mount.add_argument("--foreground", action="store_true", help="stay in the foreground (systemd, debugging)")
     mount.add_argument("--allow-other", action="store_true", help="let other users in, with kernel permission checks")
-    mount.set_defaults(run=cmd_mount)
+    mount.set_defaults(run=cmd_mount, parser=mount, required=("store", "mountpoint"))
 
     umount = commands.add_parser("umount", help="unmount cleanly")
-    umount.add_argument("mountpoint", type=Path)
-    umount.set_defaults(run=cmd_umount)
+    umount.add_argument("mountpoint", type=Path, nargs="?")
+    umount.add_argument("--config", type=Path, help="take the mountpoint from this `sdfs mount` configuration")
+    umount.add_argument("--stale", action="store_true", help="only clear a mount whose daemon died; do nothing otherwise")
+    umount.set_defaults(run=cmd_umount, parser=umount, required=("mountpoint",))
+
+    sync = commands.add_parser("sync", help="wait until a mount has encoded everything written to it")
+    sync.add_argument("mountpoint", type=Path)
+    sync.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="give up after this long (exit 1)")
+    sync.set_defaults(run=cmd_sync)
+
+    import_ = commands.add_parser("import", help="copy files and folders into a store without mounting it (batched, resumable)")
+    import_.add_argument("sources", type=Path, nargs="+", metavar="SRC")
+    import_.add_argument("store", type=Path, metavar="STORE")
+    import_.add_argument("--into", default="/", metavar="DIR", help="folder inside the store to import into (default /)")
+    import_.add_argument("--batch-size", type=int, default=8, help="images encoded per forward pass (default %(default)s; 32 suits a GPU)")
+    _add_model_options(import_, encoding=True)
+    import_.set_defaults(run=cmd_import)
+
+    stats = commands.add_parser("stats", help="what a store holds: kinds, bytes, savings, fidelity, cache")
+    stats.add_argument("target", type=Path, metavar="STORE|MOUNTPOINT")
+    stats.add_argument("--json", action="store_true", help="machine-readable output")
+    stats.set_defaults(run=cmd_stats)
+
+    fsck = commands.add_parser("fsck", help="check a store's structure and records; --repair fixes what it reports")
+    fsck.add_argument("store", type=Path)
+    fsck.add_argument("--decode", action="store_true", help="also decode every record (needs the model)")
+    fsck.add_argument("--repair", action="store_true", help="fix what the check reports (needs the store unmounted)")
+    fsck.add_argument("--json", action="store_true", help="machine-readable report")
+    _add_model_options(fsck, encoding=False)
+    fsck.set_defaults(run=cmd_fsck)
 
     bench = commands.add_parser("bench", help="benchmarks")
     bench_kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
@@ -169,8 +225,27 @@ def configure_logging(verbosity: int) -> None:
     logging.basicConfig(level=max(level, logging.DEBUG), handlers=[handler], force=True)
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse; options from a --config file become defaults, so flags win."""
+    from .config import ConfigError, load
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None) is not None:
+        try:
+            defaults = load(args.config, args.parser)
+        except ConfigError as error:
+            args.parser.error(str(error))
+        args.parser.set_defaults(**defaults)
+        args = parser.parse_args(argv)
+    missing = [name for name in getattr(args, "required", ()) if getattr(args, name) is None]
+    if missing:
+        args.parser.error(f"missing {' and '.join(m.upper() for m in missing)} (give it, or put it in --config)")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     configure_logging(args.verbose)
     try:
         return args.run(args)

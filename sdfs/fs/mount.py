@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 from ..errors import SdfsError
+from ..store.lock import StoreLock
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,16 @@ def clear_stale(mountpoint: Path) -> None:
             raise SdfsError(f"mountpoint {mountpoint}: {error.strerror}") from None
     if os.path.ismount(mountpoint):
         raise SdfsError(f"{mountpoint} is already mounted; `sdfs umount {mountpoint}` first")
+
+
+def clear_stale_only(mountpoint: Path) -> None:
+    """For a service's ExecStartPre: clear a dead daemon's mount, touch nothing else."""
+    try:
+        os.stat(mountpoint)
+    except OSError as error:
+        if error.errno == errno.ENOTCONN:
+            log.warning("clearing the stale mount left at %s", mountpoint)
+            unmount(mountpoint, lazy=True)
 
 
 def _detach_output(store: Path) -> None:
@@ -86,6 +97,7 @@ def mount(args) -> int:
             status_fd = None
 
     try:
+        lock = StoreLock(args.store, f"the mount at {mountpoint.resolve()}").acquire()
         fs, encoder = _open_filesystem(args)
     except SdfsError as error:
         report(str(error))
@@ -98,6 +110,7 @@ def mount(args) -> int:
     def on_destroy() -> None:
         encoder.stop(timeout=600)  # finish the batch in hand; the rest stays queued, durably
         fs.store.close()
+        lock.release()
 
     # attr_timeout=0: a file's size changes when the encoder swaps in the
     # reconstruction, and the kernel must not serve a cached st_size then

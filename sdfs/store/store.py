@@ -85,17 +85,28 @@ class Inode:
 
 
 class Store:
-    def __init__(self, path: str | os.PathLike, model: dict | None = None, map_size: int = 1 << 30):
-        """Open (creating if absent) the store at ``path``. ``model`` is the VAE
-        identity (JSON-able); a store made with another VAE refuses to open."""
+    def __init__(self, path: str | os.PathLike, model: dict | None = None, map_size: int = 1 << 30,
+                 readonly: bool = False):
+        """Open (creating if absent, unless ``readonly``) the store at ``path``.
+        ``model`` is the VAE identity (JSON-able); a store made with another VAE
+        refuses to open. Read-only opens work beside a running mount."""
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
+        if readonly:
+            if not (self.path / "data.mdb").is_file():
+                raise StoreError(f"{self.path} is not an sdfs store (no data.mdb); give the folder passed to `sdfs mount`")
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
         try:
-            self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=len(_DBS), subdir=True, lock=True)
+            self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=len(_DBS), subdir=True, lock=True,
+                                 readonly=readonly, create=not readonly)
+            self.db = {name: self.env.open_db(name.encode(), create=not readonly) for name in _DBS}
         except lmdb.Error as error:
             raise StoreError(f"cannot open store {self.path}: {error}") from None
-        self.db = {name: self.env.open_db(name.encode()) for name in _DBS}
-        self._initialise(model)
+        if readonly:
+            self._check_version()
+        else:
+            self._initialise(model)
 
     def close(self) -> None:
         self.env.close()
@@ -117,6 +128,20 @@ class Store:
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
 
     # -- meta
+
+    def format_version(self) -> int:
+        with self.reading() as txn:
+            version = txn.get(b"format", db=self.db["meta"])
+        return int(version) if version else 0
+
+    def _check_version(self) -> None:
+        version = self.format_version()
+        if version != STORE_VERSION:
+            raise StoreError(f"store {self.path} has format version {version}; this sdfs reads {STORE_VERSION}")
+
+    def check_model(self, model: dict) -> None:
+        """Refuse (ModelMismatch) a VAE other than the store's; adopt it if the store has none yet."""
+        self._initialise(model)
 
     def _initialise(self, model: dict | None) -> None:
         def setup(txn):

@@ -1,0 +1,57 @@
+"""One writer process per store: the mount daemon, `sdfs import` and
+`sdfs fsck --repair` each hold an exclusive lock on STORE/sdfs.lock.
+
+LMDB itself is safe with many processes, but two encoders, or an import that
+replaces a file a mount is serving, would break the mount's promises (one
+decode per file, no bytes swapped under an open reader). The lock is a
+flock(2), so it vanishes with its process, also on kill -9: no stale locks.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from .store import StoreError
+
+LOCK_NAME = "sdfs.lock"
+
+
+class StoreBusy(StoreError):
+    """Another sdfs process writes to this store."""
+
+
+class StoreLock:
+    def __init__(self, store_path: str | os.PathLike, holder: str):
+        """``holder`` says who holds it, for the message another process gets
+        (e.g. "mount at /mnt/images")."""
+        self.path = Path(store_path) / LOCK_NAME
+        self.holder = holder
+        self._fd: int | None = None
+
+    def acquire(self) -> "StoreLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another sdfs process"
+            os.close(fd)
+            raise StoreBusy(f"store {self.path.parent} is in use by {other}; wait for it, or unmount it first") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({self.holder})\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "StoreLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 
-from ..errors import NotACandidate, SdfsError
+from ..ingest import judge
 from ..store import Store
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,9 @@ class Encoder:
         self._wake = threading.Event()
         self._changed = threading.Condition()
         self._stopping = False
+        self._names: dict[int, str] = {}
+        self.finished = Counter()  # outcomes since start, by verdict prefix
+        self.deferred = 0
         self._thread = threading.Thread(target=self._run, name="sdfs-encoder", daemon=True)
 
     def start(self) -> None:
@@ -57,6 +61,7 @@ class Encoder:
                 self._wake.clear()
                 continue
             self._deferred = False
+            self.deferred = 0
             try:
                 self._encode(batch)
             except Exception:  # never let the thread die: log, back off, retry later
@@ -68,39 +73,39 @@ class Encoder:
             with self._changed:
                 self._changed.notify_all()
 
+    def state(self) -> dict:
+        return {"running": self._thread.is_alive(), "finished": dict(self.finished), "deferred_open_files": self.deferred}
+
+    def remember_name(self, ino: int, path: str) -> None:
+        """The path a file was written under, so log lines can name it."""
+        self._names[ino] = path
+
     def _encode(self, batch: list[int]) -> None:
         inodes = [self.store.inode(ino) for ino in batch]
         live = [inode for inode in inodes if inode is not None]
         datas = [self.store.read_raw(inode.ino) for inode in live]
         results = self.codec.encode_many(datas)
         for inode, data, result in zip(live, datas, results):
-            if isinstance(result, SdfsError):
-                verdict, keep = f"stored verbatim: {result}", None
-                # a damaged or unsupported image deserves a warning; a text file does not
-                looks_like_image = data.startswith((b"\x89PNG", b"\xff\xd8\xff"))
-                quiet = isinstance(result, NotACandidate) and not looks_like_image
-                log.log(logging.INFO if quiet else logging.WARNING, "inode %d %s", inode.ino, verdict)
-            elif not result.verdict.keep_latent:
-                verdict, keep = f"keep original: {result.verdict.reason}", None
-                log.info("inode %d: %s", inode.ino, verdict)
-            else:
-                verdict, keep = f"keep latent: {result.verdict.reason}", result
-            self._finish(inode, verdict, keep)
+            self._finish(inode, judge(data, result), len(data))
         for ino in set(batch) - {inode.ino for inode in live}:
             self.store.finish_encode(ino, -1, None)  # vanished: just dequeue
+            self._names.pop(ino, None)
 
-    def _finish(self, inode, verdict: str, result) -> None:
+    def _finish(self, inode, outcome, original_length: int) -> None:
         guard = self.open_files() if self.open_files else _NoneOpen()
         with guard as is_open:
             if is_open(inode.ino):
                 self._deferred = True  # a handle still reads the staged bytes: retry after it closes
+                self.deferred += 1
                 return
             # the decision is visible as user.sdfs.verdict (invariant 4)
-            self.store.set_xattr(inode.ino, b"sdfs.verdict", verdict.encode())
-            if result is None:
-                self.store.finish_encode(inode.ino, inode.generation, None)
-            else:
-                self.store.finish_encode(inode.ino, inode.generation, result.record, result.output_length)
+            if self.store.finish_encode(inode.ino, inode.generation, outcome.record, outcome.output_length,
+                                        notes=outcome.notes(original_length)):
+                # logged once, when it takes effect (not at every retry of a deferred file)
+                name = self._names.get(inode.ino) or f"inode {inode.ino}"
+                log.log(outcome.log_level, "%s: %s", name, outcome.verdict)
+            self._names.pop(inode.ino, None)
+            self.finished[outcome.verdict.split(":", 1)[0]] += 1
 
 
 class _NoneOpen:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import json
 import logging
 import os
 import stat
@@ -22,6 +23,7 @@ from cachetools import LRUCache
 
 from ..codec import container
 from ..errors import SdfsError
+from ..ingest import VERDICT
 from ..store import DIR, KIND_NAMES, LATENT, PENDING, ROOT, SYMLINK, VERBATIM, Store
 from ..store.store import now_ns
 
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SPOOL_IN_MEMORY = 8 << 20  # larger writes spill to the store's tmp/ folder
 READ_ONLY_PREFIX = "user.sdfs."
+DAEMON_XATTR = READ_ONLY_PREFIX + "daemon"  # on the root: JSON of daemon_state()
 
 
 def fail(code: int, what: str = "") -> OSError:
@@ -59,6 +62,7 @@ class Handle:
     spool: tempfile.SpooledTemporaryFile | None = None  # present once content is being changed
     dirty: bool = False
     mtime_ns: int | None = None  # of the last write, or as set by utimens while open
+    counted: bool = False  # its cache hit or miss is counted (once per open, not per read call)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -276,7 +280,8 @@ class Filesystem:
                 return handle.spool.read(size)
         inode = self.store.inode(handle.ino)
         if inode.kind == LATENT:
-            return self._decoded(inode)[offset : offset + size]
+            first, handle.counted = not handle.counted, True
+            return self._decoded(inode, count=first)[offset : offset + size]
         return self.store.read_raw(handle.ino, offset, size)
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
@@ -302,7 +307,7 @@ class Filesystem:
                 handle = next((h for h in self._handles.values() if h.ino == ino and h.spool is not None), None)
             if handle is None:
                 content = self._content(ino)
-                self._stage(ino, content[:length] + b"\0" * max(0, length - len(content)))
+                self._stage(ino, content[:length] + b"\0" * max(0, length - len(content)), path=path)
                 return
         with handle.lock:
             self._load_for_writing(handle)
@@ -318,9 +323,9 @@ class Filesystem:
         """close() of any descriptor: make its changes durable before it returns."""
         handle = self._handles.get(fh)
         if handle is not None:
-            self._commit(handle)
+            self._commit(handle, path)
 
-    def _commit(self, handle: Handle) -> None:
+    def _commit(self, handle: Handle, path: str | None = None) -> None:
         with handle.lock:
             if not handle.dirty:
                 return
@@ -328,11 +333,13 @@ class Filesystem:
             data = handle.spool.read()
             handle.dirty = False
             mtime = handle.mtime_ns
-        self._stage(handle.ino, data, mtime)
+        self._stage(handle.ino, data, mtime, path)
 
-    def _stage(self, ino: int, data: bytes, mtime_ns: int | None = None) -> None:
+    def _stage(self, ino: int, data: bytes, mtime_ns: int | None = None, path: str | None = None) -> None:
         self.store.stage(ino, data, queue=self.encoder is not None, mtime_ns=mtime_ns)
         if self.encoder is not None:
+            if path:
+                self.encoder.remember_name(ino, path)
             self.encoder.notify()
 
     def release(self, path: str, fh: int) -> None:
@@ -340,7 +347,7 @@ class Filesystem:
             handle = self._handles.pop(fh, None)
         if handle is None:
             return
-        self._commit(handle)
+        self._commit(handle, path)
         if handle.spool is not None:
             handle.spool.close()
         self._purge_if_unused(handle.ino)
@@ -352,18 +359,21 @@ class Filesystem:
         handle = self._handles.get(fh)
         ino = handle.ino if handle else self.resolve(path)
         if handle is not None:
-            self._commit(handle)
+            self._commit(handle, path)
         if self.encoder is not None:
             self.encoder.wait_for(ino)
 
     # -- latent reads
 
-    def _decoded(self, inode) -> bytes:
+    def _decoded(self, inode, count: bool = True) -> bytes:
+        """The reconstruction, from the cache or decoded once however many
+        readers ask at the same time. ``count``: record a cache hit or miss
+        (the first read of an open file; later reads of it are not lookups)."""
         key = (inode.ino, inode.generation)
         with self._cache_lock:
             cached = self.cache.get(key)
             if cached is not None:
-                self.cache_hits += 1
+                self.cache_hits += count
                 return cached
             gate = self._decoding.setdefault(key, threading.Lock())
         with gate:  # concurrent readers of one file share one decode
@@ -372,13 +382,13 @@ class Filesystem:
             if cached is None:
                 cached = self._decode(inode)
                 with self._cache_lock:
-                    self.cache_misses += 1
+                    self.cache_misses += count
                     if len(cached) <= self.cache.maxsize:
                         self.cache[key] = cached
                     self._decoding.pop(key, None)
             else:
                 with self._cache_lock:
-                    self.cache_hits += 1
+                    self.cache_hits += count
         return cached
 
     def _decode(self, inode) -> bytes:
@@ -398,12 +408,28 @@ class Filesystem:
 
     # -- extended attributes
 
+    def daemon_state(self) -> dict:
+        """Live figures of this mount, read by `sdfs stats` and `sdfs sync`
+        through the root's user.sdfs.daemon xattr."""
+        with self._cache_lock:
+            cache = {"hits": self.cache_hits, "misses": self.cache_misses, "entries": len(self.cache),
+                     "bytes": self.cache.currsize, "capacity_bytes": self.cache.maxsize}
+        with self._lock:
+            open_files = len(self._handles)
+        state = {"pid": os.getpid(), "store": str(self.store.path.resolve()), "cache": cache,
+                 "decodes": self.decodes, "open_files": open_files, "pending": self.store.pending_count()}
+        if self.encoder is not None:
+            state["encoder"] = self.encoder.state()
+        return state
+
     def _sdfs_xattrs(self, ino: int) -> dict[str, bytes]:
         inode = self.store.inode(ino)
+        if ino == ROOT:
+            return {DAEMON_XATTR: json.dumps(self.daemon_state(), sort_keys=True).encode()}
         if inode.kind not in (PENDING, VERBATIM, LATENT):
             return {}
         values = {"kind": KIND_NAMES[inode.kind], "stored_bytes": str(inode.stored)}
-        verdict = self.store.get_xattr(ino, b"sdfs.verdict")
+        verdict = self.store.get_xattr(ino, VERDICT)
         if verdict:
             values["verdict"] = verdict.decode()
         if inode.kind == LATENT:

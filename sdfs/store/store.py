@@ -13,7 +13,7 @@ import os
 import struct
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -82,6 +82,23 @@ class Inode:
     @property
     def is_dir(self) -> bool:
         return self.kind == DIR
+
+
+@dataclass(frozen=True)
+class NewFile:
+    """A finished file for Store.put_files: raw bytes, or a latent record
+    when ``latent_length`` (its fixed output length) is given."""
+
+    parent: int
+    name: bytes
+    mode: int
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    data: bytes
+    latent_length: int | None = None
+    xattrs: dict = field(default_factory=dict)
 
 
 class Store:
@@ -328,14 +345,17 @@ class Store:
             if inode is None or inode.nlink > 0:
                 txn.delete(_key(ino), db=self.db["orphans"])
                 return
-            self._delete_content(txn, ino)
-            txn.delete(_key(ino), db=self.db["inodes"])
-            txn.delete(_key(ino), db=self.db["orphans"])
-            txn.delete(_key(ino), db=self.db["pending"])
-            for name in self._xattr_names(txn, ino):
-                txn.delete(_key(ino) + name, db=self.db["xattrs"])
+            self._delete_inode(txn, ino)
 
         self.write(op)
+
+    def _delete_inode(self, txn, ino: int) -> None:
+        self._delete_content(txn, ino)
+        txn.delete(_key(ino), db=self.db["inodes"])
+        txn.delete(_key(ino), db=self.db["orphans"])
+        txn.delete(_key(ino), db=self.db["pending"])
+        for name in self._xattr_names(txn, ino):
+            txn.delete(_key(ino) + name, db=self.db["xattrs"])
 
     def orphans(self) -> list[int]:
         with self.reading() as txn:
@@ -419,9 +439,11 @@ class Store:
                     break
             return out
 
-    def finish_encode(self, ino: int, generation: int, record: bytes | None, output_length: int = 0) -> bool:
+    def finish_encode(self, ino: int, generation: int, record: bytes | None, output_length: int = 0,
+                      notes: dict[bytes, bytes] | None = None) -> bool:
         """Replace staged bytes by a latent record (or keep them verbatim when
-        ``record`` is None), unless the file changed since it was read."""
+        ``record`` is None), unless the file changed since it was read.
+        ``notes``: internal xattrs (the verdict) written in the same transaction."""
 
         def op(txn):
             inode = self._inode(txn, ino)
@@ -429,6 +451,8 @@ class Store:
                 txn.delete(_key(ino), db=self.db["pending"]) if inode is None else None
                 return False
             txn.delete(_key(ino), db=self.db["pending"])
+            for name, value in (notes or {}).items():
+                txn.put(_key(ino) + name, value, db=self.db["xattrs"])
             if record is None:
                 self._put(txn, replace(inode, kind=VERBATIM))
                 return True
@@ -438,6 +462,50 @@ class Store:
             return True
 
         return self.write(op)
+
+    def pending_count(self) -> int:
+        with self.reading() as txn:
+            return txn.stat(self.db["pending"])["entries"]
+
+    # -- bulk import (the caller holds the store lock: no handle can be open)
+
+    def put_files(self, files: list["NewFile"]) -> list[Inode]:
+        """Add finished files in one transaction, each replacing a non-directory
+        of the same name. Import writes final forms directly: a crash leaves
+        each file either absent (the rerun imports it) or complete."""
+
+        def op(txn):
+            return [self._put_file(txn, f) for f in files]
+
+        return self.write(op)
+
+    def _put_file(self, txn, f: "NewFile") -> Inode:
+        key = _key(f.parent) + f.name
+        existing = txn.get(key, db=self.db["dirents"])
+        if existing is not None:
+            old = self._inode(txn, int.from_bytes(existing, "big"))
+            if old.is_dir:
+                raise IsADirectoryError(f.name)
+            txn.delete(key, db=self.db["dirents"])
+            self._drop_link(txn, f.parent, old)
+            self._delete_inode(txn, old.ino)
+        parent = self._inode(txn, f.parent)
+        if parent is None or not parent.is_dir:
+            raise NotADirectoryError(f.parent)
+        t = now_ns()
+        kind, size = (LATENT, f.latent_length) if f.latent_length is not None else (VERBATIM, len(f.data))
+        inode = Inode(self._next_ino(txn), kind, f.mode, f.uid, f.gid, 1, size, f.atime_ns, f.mtime_ns, t,
+                      len(f.data), 1)
+        if kind == LATENT:
+            txn.put(_key(inode.ino), f.data, db=self.db["records"])
+        else:
+            self._put_chunks(txn, inode.ino, f.data)
+        for name, value in f.xattrs.items():
+            txn.put(_key(inode.ino) + name, value, db=self.db["xattrs"])
+        self._put(txn, inode)
+        txn.put(key, _key(inode.ino), db=self.db["dirents"])
+        self._put(txn, replace(parent, mtime_ns=t, ctime_ns=t))
+        return inode
 
     # -- extended attributes
 

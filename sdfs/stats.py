@@ -1,0 +1,181 @@
+"""`sdfs stats STORE|MOUNTPOINT`: what a store holds and how well.
+
+Reads the store through a read-only LMDB snapshot, so it runs beside a live
+mount; the live mount's own figures (cache hit ratio, queue) come from the
+root's user.sdfs.daemon xattr. A human table by default, --json for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+from .codec import container
+from .errors import RecordError
+from .fs.control import daemon_state, mount_of, store_of
+from .ingest import KEEP_LATENT, KEEP_ORIGINAL, ORIGINAL_BYTES, STORED_VERBATIM, VERDICT
+from .store import DIR, LATENT, PENDING, SYMLINK, VERBATIM, Inode, Store
+from .store.store import _key
+
+PERCENTILES = (0, 5, 25, 50, 75, 95, 100)
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    position = (len(sorted_values) - 1) * q / 100
+    lo, hi = math.floor(position), math.ceil(position)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (position - lo)
+
+
+def distribution(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    out = {f"p{q}": _percentile(ordered, q) for q in PERCENTILES}
+    out["mean"] = sum(ordered) / len(ordered)
+    out["count"] = len(ordered)
+    return out
+
+
+def collect(store: Store) -> dict:
+    files = Counter()
+    verdicts = Counter()
+    bytes_in = {"latent": 0, "verbatim": 0, "pending": 0}
+    bytes_stored = {"latent": 0, "verbatim": 0, "pending": 0, "metadata": 0}
+    fidelity: dict[str, dict[str, list[float]]] = {}
+    unreadable = 0
+    with store.reading() as txn:
+        xattrs = store.db["xattrs"]
+        for key, value in txn.cursor(db=store.db["inodes"]):
+            inode = Inode.unpack(int.from_bytes(key, "big"), value)
+            kind = {DIR: "directory", SYMLINK: "symlink", PENDING: "pending", VERBATIM: "verbatim", LATENT: "latent"}[inode.kind]
+            if inode.nlink == 0:
+                kind = "unlinked, still open"
+            files[kind] += 1
+            if inode.kind in (DIR, SYMLINK) or inode.nlink == 0:
+                continue
+            verdict = (txn.get(_key(inode.ino) + VERDICT, db=xattrs) or b"").decode(errors="replace")
+            if verdict:
+                verdicts[verdict.split(":", 1)[0]] += 1
+            original = txn.get(_key(inode.ino) + ORIGINAL_BYTES, db=xattrs)
+            bytes_in[kind] += int(original) if original else inode.size
+            bytes_stored[kind] += inode.stored
+            if inode.kind == LATENT:
+                try:
+                    record = container.unpack(txn.get(key, db=store.db["records"]) or b"")
+                except RecordError:
+                    unreadable += 1
+                    continue
+                for m in record.measurements:
+                    figures = fidelity.setdefault(m.decoder, {"psnr": [], "ssim": []})
+                    figures["psnr"].append(float(m.fidelity.psnr))
+                    figures["ssim"].append(float(m.fidelity.ssim))
+        info = store.env.info()
+        stat = store.env.stat()
+    total_in, total_stored = sum(bytes_in.values()), sum(v for k, v in bytes_stored.items() if k != "metadata")
+    return {
+        "store": str(store.path.resolve()),
+        "format_version": store.format_version(),
+        "model": store.model(),
+        "files": dict(files),
+        "verdicts": {
+            "latent": verdicts[KEEP_LATENT],
+            "kept_original_below_floor": verdicts[KEEP_ORIGINAL],
+            "verbatim_not_a_candidate": verdicts[STORED_VERBATIM],
+        },
+        "bytes": {
+            "written": total_in,
+            "stored": total_stored,
+            "savings_ratio": round(total_in / total_stored, 3) if total_stored else None,
+            "written_by_kind": bytes_in,
+            "stored_by_kind": {k: v for k, v in bytes_stored.items() if k != "metadata"},
+            "lmdb_file": (store.path / "data.mdb").stat().st_size,
+            "lmdb_used": (info["last_pgno"] + 1) * stat["psize"],
+        },
+        "fidelity": {decoder: {name: distribution(values) for name, values in figures.items()}
+                     for decoder, figures in sorted(fidelity.items())},
+        "unreadable_records": unreadable,
+    }
+
+
+def _live(mountpoint: Path | None) -> dict | None:
+    if mountpoint is None:
+        return None
+    state = daemon_state(mountpoint)
+    cache = state["cache"]
+    lookups = cache["hits"] + cache["misses"]
+    state["mountpoint"] = str(mountpoint)
+    cache["hit_ratio"] = round(cache["hits"] / lookups, 4) if lookups else None
+    return state
+
+
+def run_stats(args) -> int:
+    target = Path(args.target)
+    store_path = store_of(target)
+    mountpoint = target if store_path is not None else mount_of(target)
+    store = Store(store_path or target, readonly=True)
+    try:
+        report = collect(store)
+    finally:
+        store.close()
+    report["mount"] = _live(mountpoint)
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print(render(report))
+    return 0
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def render(report: dict) -> str:
+    model = report["model"] or {}
+    files, verdicts, b = report["files"], report["verdicts"], report["bytes"]
+    lines = [
+        f"store      {report['store']} (format {report['format_version']})",
+        f"model      {model.get('name', 'none yet')}  weights {model.get('weights_sha256', '')[:16]}",
+        "",
+        f"{'files':<28}{'count':>9}{'written':>14}{'stored':>14}",
+    ]
+    for kind in ("latent", "verbatim", "pending"):
+        lines.append(f"  {kind:<26}{files.get(kind, 0):>9,}{_size(b['written_by_kind'][kind]):>14}{_size(b['stored_by_kind'][kind]):>14}")
+    ratio = f"{b['savings_ratio']:.2f}x smaller" if b["savings_ratio"] else "-"
+    lines += [
+        f"  {'total':<26}{sum(files.get(k, 0) for k in ('latent', 'verbatim', 'pending')):>9,}{_size(b['written']):>14}{_size(b['stored']):>14}  ({ratio})",
+        f"  {'directories, links':<26}{files.get('directory', 0) + files.get('symlink', 0):>9,}",
+        f"  LMDB file {_size(b['lmdb_file'])}, {_size(b['lmdb_used'])} in use",
+        "",
+        f"verdicts   {verdicts['latent']:,} latent; {verdicts['kept_original_below_floor']:,} kept original (below the fidelity floor); "
+        f"{verdicts['verbatim_not_a_candidate']:,} verbatim (not images sdfs takes)",
+    ]
+    if files.get("unlinked, still open"):
+        lines.append(f"           {files['unlinked, still open']:,} deleted while open (purged at last close)")
+    if report["unreadable_records"]:
+        lines.append(f"           {report['unreadable_records']:,} records unreadable: run `sdfs fsck`")
+    for decoder, figures in report["fidelity"].items():
+        lines += ["", f"fidelity ({decoder} decoder, measured at encode time)", f"  {'':<6}" + "".join(f"{'p' + str(q):>9}" for q in PERCENTILES) + f"{'mean':>9}"]
+        for name, unit in (("psnr", "dB"), ("ssim", "")):
+            d = figures[name]
+            fmt = "{:>9.2f}" if name == "psnr" else "{:>9.4f}"
+            lines.append(f"  {name.upper():<6}" + "".join(fmt.format(d[f"p{q}"]) for q in PERCENTILES) + fmt.format(d["mean"]) + f" {unit}")
+    live = report["mount"]
+    lines.append("")
+    if live is None:
+        lines.append("mount      not mounted")
+    else:
+        cache = live["cache"]
+        ratio = f"{cache['hit_ratio']:.1%}" if cache["hit_ratio"] is not None else "no reads yet"
+        lines += [
+            f"mount      {live['mountpoint']} (pid {live['pid']}): {live['pending']:,} pending, {live['open_files']} open files",
+            f"cache      hit ratio {ratio} ({cache['hits']:,} hits, {cache['misses']:,} misses); "
+            f"{cache['entries']:,} images, {_size(cache['bytes'])} of {_size(cache['capacity_bytes'])}; {live['decodes']:,} decodes",
+        ]
+    return "\n".join(lines)

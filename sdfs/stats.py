@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import struct
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from .store import DIR, LATENT, PENDING, SYMLINK, VERBATIM, Inode, Store
 from .store.store import _key
 
 PERCENTILES = (0, 5, 25, 50, 75, 95, 100)
+KINDS = {DIR: "directory", SYMLINK: "symlink", PENDING: "pending", VERBATIM: "verbatim", LATENT: "latent"}
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -49,8 +52,12 @@ def collect(store: Store) -> dict:
     with store.reading() as txn:
         xattrs = store.db["xattrs"]
         for key, value in txn.cursor(db=store.db["inodes"]):
-            inode = Inode.unpack(int.from_bytes(key, "big"), value)
-            kind = {DIR: "directory", SYMLINK: "symlink", PENDING: "pending", VERBATIM: "verbatim", LATENT: "latent"}[inode.kind]
+            try:
+                inode = Inode.unpack(int.from_bytes(key, "big"), value)
+                kind = KINDS[inode.kind]
+            except (struct.error, KeyError):
+                unreadable += 1  # damage is fsck's to report and repair; stats just counts it
+                continue
             if inode.nlink == 0:
                 kind = "unlinked, still open"
             files[kind] += 1
@@ -96,7 +103,8 @@ def collect(store: Store) -> dict:
         },
         "fidelity": {decoder: {name: distribution(values) for name, values in figures.items()}
                      for decoder, figures in sorted(fidelity.items())},
-        "unreadable_records": unreadable,
+        "unreadable": unreadable,
+        "_values": fidelity,
     }
 
 
@@ -121,6 +129,9 @@ def run_stats(args) -> int:
     finally:
         store.close()
     report["mount"] = _live(mountpoint)
+    values = report.pop("_values")
+    if args.plot:
+        plot(values, report, args.plot)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
@@ -158,8 +169,8 @@ def render(report: dict) -> str:
     ]
     if files.get("unlinked, still open"):
         lines.append(f"           {files['unlinked, still open']:,} deleted while open (purged at last close)")
-    if report["unreadable_records"]:
-        lines.append(f"           {report['unreadable_records']:,} records unreadable: run `sdfs fsck`")
+    if report["unreadable"]:
+        lines.append(f"           {report['unreadable']:,} inodes or records unreadable: run `sdfs fsck`")
     for decoder, figures in report["fidelity"].items():
         lines += ["", f"fidelity ({decoder} decoder, measured at encode time)", f"  {'':<6}" + "".join(f"{'p' + str(q):>9}" for q in PERCENTILES) + f"{'mean':>9}"]
         for name, unit in (("psnr", "dB"), ("ssim", "")):
@@ -179,3 +190,28 @@ def render(report: dict) -> str:
             f"{cache['entries']:,} images, {_size(cache['bytes'])} of {_size(cache['capacity_bytes'])}; {live['decodes']:,} decodes",
         ]
     return "\n".join(lines)
+
+
+def plot(values: dict, report: dict, path: Path) -> None:
+    """Histograms of PSNR and SSIM per decoder: the shape of a collection's fidelity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for decoder, figures in sorted(values.items()):
+        axes[0].hist(figures["psnr"], bins=30, alpha=0.6, label=f"{decoder} decoder ({len(figures['psnr'])} images)")
+        axes[1].hist(figures["ssim"], bins=30, alpha=0.6, label=f"{decoder} decoder")
+    axes[0].set_xlabel("PSNR (dB)")
+    axes[1].set_xlabel("SSIM")
+    for ax in axes:
+        ax.set_ylabel("images")
+        if values:
+            ax.legend()
+    model = (report["model"] or {}).get("name", "?")
+    fig.suptitle(f"sdfs store {report['store']} ({model}): fidelity measured at encode time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"plot written to {path}", file=sys.stderr)

@@ -18,6 +18,7 @@ from sdfs.codec.codec import Codec
 from sdfs.codec.guard import Floor
 from sdfs.fs.encoder import Encoder
 from sdfs.fs.filesystem import Filesystem
+from sdfs.ingest import model_for_store
 from sdfs.progress import Progress
 from sdfs.store import LATENT, PENDING, ROOT, Inode, Store
 from sdfs.store.lock import StoreLock
@@ -29,14 +30,7 @@ LINK_TARGET = "docs/note.txt"
 
 
 def _model_of(vae) -> dict:
-    identity = vae.identity
-    return {
-        "name": identity.name,
-        "weights_sha256": identity.weights_sha256.hex(),
-        "scaling_factor": round(identity.scaling_factor, 6),
-        "latent_channels": identity.latent_channels,
-        "spatial_factor": identity.spatial_factor,
-    }
+    return model_for_store(vae.identity)
 
 
 def _codec(vae) -> Codec:

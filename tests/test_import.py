@@ -164,6 +164,9 @@ def test_import_into_a_folder_and_one_line_errors(tmp_path, tiny_vae_dir):
     sdfs("import", src, store, "--into", "/albums/2026", "--model", tiny_vae_dir, *ENCODE, check_rc=0)
     files, _ = _walk_store(store)
     assert files["/albums/2026/a.png"].kind == LATENT
+    sdfs("stats", store, "--plot", tmp_path / "fidelity.png", check_rc=0)
+    with Image.open(tmp_path / "fidelity.png") as plot:
+        assert plot.format == "PNG" and plot.width > 500
 
     missing = sdfs("import", tmp_path / "nope", store, "--model", tiny_vae_dir, check_rc=1)
     assert missing.stderr.startswith("sdfs: error: cannot read") and len(missing.stderr.splitlines()) == 1

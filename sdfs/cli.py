@@ -177,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     umount.add_argument("mountpoint", type=Path, nargs="?")
     umount.add_argument("--config", type=Path, help="take the mountpoint from this `sdfs mount` configuration")
     umount.add_argument("--stale", action="store_true", help="only clear a mount whose daemon died; do nothing otherwise")
-    umount.set_defaults(run=cmd_umount, parser=umount, required=("mountpoint",))
+    # --config takes the mount's own file (the unit's /etc/sdfs/NAME.toml): read
+    # it as `mount` would, keep the keys umount knows (mountpoint)
+    umount.set_defaults(run=cmd_umount, parser=umount, config_parser=mount, required=("mountpoint",))
 
     sync = commands.add_parser("sync", help="wait until a mount has encoded everything written to it")
     sync.add_argument("mountpoint", type=Path)
@@ -195,9 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="what a store holds: kinds, bytes, savings, fidelity, cache")
     stats.add_argument("target", type=Path, metavar="STORE|MOUNTPOINT")
     stats.add_argument("--json", action="store_true", help="machine-readable output")
+    stats.add_argument("--plot", type=Path, metavar="PNG", help="also draw the PSNR/SSIM histograms into this PNG")
     stats.set_defaults(run=cmd_stats)
 
-    fsck = commands.add_parser("fsck", help="check a store's structure and records; --repair fixes what it reports")
+    fsck = commands.add_parser(
+        "fsck",
+        help="check a store's structure and records; --repair fixes what it reports "
+        "(exit 0 clean, 1 all repaired, 4 problems left, 8 could not check)",
+        epilog="exit codes: 0 no problems; 1 problems found and all repaired; 4 problems left (not repaired "
+        "or not repairable); 8 the check could not run (store missing, locked or unreadable). "
+        "Lost and unreadable files are moved to /lost+found in the store.",
+    )
     fsck.add_argument("store", type=Path)
     fsck.add_argument("--decode", action="store_true", help="also decode every record (needs the model)")
     fsck.add_argument("--repair", action="store_true", help="fix what the check reports (needs the store unmounted)")
@@ -218,11 +228,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(verbosity: int) -> None:
+# loggers that say what a long-running mount is doing (loading, mounted,
+# unmounting, what is left queued): INFO by default in a service's log. The
+# per-file lines (decodes, encoder verdicts) stay behind -v.
+_LIFECYCLE_LOGGERS = ("sdfs.fs.mount", "sdfs.service")
+_PRIORITIES = ((logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))  # syslog err, warning, info
+
+
+def _priority(levelno: int) -> int:
+    return next((priority for level, priority in _PRIORITIES if levelno >= level), 7)  # else debug
+
+
+class _JournalFormatter(logging.Formatter):
+    """``<N>`` on every line (journald's SyslogLevelPrefix=, on by default,
+    turns it into the entry's priority, so `journalctl -p warning` works, also
+    for a traceback's lines); no timestamp: the journal has its own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in super().format(record).splitlines() or [""])
+
+
+def _log_style() -> str:
+    from .service import stderr_is_journal
+
+    return "journal" if stderr_is_journal() else "terminal"
+
+
+def configure_logging(verbosity: int, style: str | None = None) -> None:
+    """Log to stderr in one of three styles: ``terminal`` ("sdfs: message"),
+    ``journal`` (stderr is systemd's journal stream, see sdfs.service) or
+    ``file`` (a background mount's STORE/sdfs.log: timestamps, a file has no
+    other clock). ``style`` None detects the journal. In the journal and the
+    file, the mount's lifecycle is logged at INFO even without -v."""
+    style = style or _log_style()
     level = logging.WARNING - 10 * verbosity
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("sdfs: %(levelname)s: %(message)s" if verbosity else "sdfs: %(message)s"))
+    if style == "journal":
+        handler.setFormatter(_JournalFormatter("%(levelname)s: %(message)s" if verbosity else "%(message)s"))
+    elif style == "file":
+        handler.setFormatter(logging.Formatter("%(asctime)s sdfs[%(process)d]: %(levelname)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("sdfs: %(levelname)s: %(message)s" if verbosity else "sdfs: %(message)s"))
     logging.basicConfig(level=max(level, logging.DEBUG), handlers=[handler], force=True)
+    service_log = style in ("journal", "file") and verbosity == 0
+    for name in _LIFECYCLE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if service_log else logging.NOTSET)
+
+
+def _print_error(message: str) -> None:
+    """The one line a failed command prints (priority err in the journal)."""
+    prefix = "<3>" if _log_style() == "journal" else ""
+    print(f"{prefix}sdfs: {message}", file=sys.stderr)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -233,10 +290,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if getattr(args, "config", None) is not None:
         try:
-            defaults = load(args.config, args.parser)
+            defaults = load(args.config, getattr(args, "config_parser", args.parser))
         except ConfigError as error:
             args.parser.error(str(error))
-        args.parser.set_defaults(**defaults)
+        known = {action.dest for action in args.parser._actions}
+        args.parser.set_defaults(**{key: value for key, value in defaults.items() if key in known})
         args = parser.parse_args(argv)
     missing = [name for name in getattr(args, "required", ()) if getattr(args, name) is None]
     if missing:
@@ -251,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except SdfsError as error:
         log.debug("details", exc_info=True)
-        print(f"sdfs: error: {error}", file=sys.stderr)
+        _print_error(f"error: {error}")
         return error.exit_code
     except KeyboardInterrupt:
         print("sdfs: interrupted", file=sys.stderr)
@@ -259,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     except (MemoryError, RuntimeError, OSError) as error:  # e.g. out of (GPU) memory, a full disk
         log.debug("details", exc_info=True)
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        print(f"sdfs: error: {type(error).__name__}: {first_line} (run with -vv for details)", file=sys.stderr)
+        _print_error(f"error: {type(error).__name__}: {first_line} (run with -vv for details)")
         return 1
 
 

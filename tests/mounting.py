@@ -23,17 +23,24 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 @contextmanager
-def mounted(store: Path, mountpoint: Path, model: Path, *extra: str, timeout: float = 90):
+def mounted(store: Path, mountpoint: Path, model: Path, *extra: str, timeout: float = 90,
+            command: list[str] | None = None, prefix: tuple[str, ...] = (), until=None):
+    """``command`` replaces the arguments after `sdfs -v` (e.g. a --config
+    mount), ``prefix`` runs the daemon under a wrapper (e.g. setpriv), and
+    ``until`` replaces "the mountpoint is mounted" as the sign it is up."""
     mountpoint.mkdir(parents=True, exist_ok=True)
     log = store.parent / f"daemon-{time.monotonic_ns()}.log"
+    if command is None:
+        command = ["mount", str(store), str(mountpoint), "--model", str(model), "--device", "cpu",
+                   "--quality", "high", "--fidelity-floor", "0:-1", "--foreground", *extra]
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sdfs", "-v", "mount", str(store), str(mountpoint), "--model", str(model),
-             "--device", "cpu", "--quality", "high", "--fidelity-floor", "0:-1", "--foreground", *extra],
+            [*prefix, sys.executable, "-m", "sdfs", "-v", *command],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
+    until = until or (lambda: os.path.ismount(mountpoint))
     try:
-        wait_for(lambda: os.path.ismount(mountpoint) or proc.poll() is not None, timeout, "the mount")
+        wait_for(lambda: until() or proc.poll() is not None, timeout, "the mount")
         if proc.poll() is not None:
             raise RuntimeError(f"sdfs mount exited {proc.returncode}: {log.read_text()}")
         proc.log = log

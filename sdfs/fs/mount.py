@@ -7,10 +7,14 @@ import errno
 import logging
 import os
 import shutil
+import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 from ..errors import SdfsError
+from ..service import notify
 from ..store.lock import StoreLock
 
 log = logging.getLogger(__name__)
@@ -32,27 +36,24 @@ def unmount(mountpoint: str | os.PathLike, lazy: bool = False) -> None:
 
 
 def clear_stale(mountpoint: Path) -> None:
-    """A daemon killed hard leaves 'Transport endpoint is not connected'."""
-    try:
-        os.stat(mountpoint)
-    except OSError as error:
-        if error.errno == errno.ENOTCONN:
-            log.warning("clearing the stale mount left at %s", mountpoint)
-            unmount(mountpoint, lazy=True)
-        else:
-            raise SdfsError(f"mountpoint {mountpoint}: {error.strerror}") from None
+    """Clear a dead daemon's mount, then refuse a mountpoint still in use."""
+    clear_stale_only(mountpoint)
     if os.path.ismount(mountpoint):
         raise SdfsError(f"{mountpoint} is already mounted; `sdfs umount {mountpoint}` first")
 
 
 def clear_stale_only(mountpoint: Path) -> None:
-    """For a service's ExecStartPre: clear a dead daemon's mount, touch nothing else."""
+    """A daemon killed hard leaves 'Transport endpoint is not connected'; clear
+    that, touch nothing else (a service's ExecStartPre runs this)."""
     try:
         os.stat(mountpoint)
+    except FileNotFoundError:
+        return
     except OSError as error:
-        if error.errno == errno.ENOTCONN:
-            log.warning("clearing the stale mount left at %s", mountpoint)
-            unmount(mountpoint, lazy=True)
+        if error.errno != errno.ENOTCONN:
+            raise SdfsError(f"mountpoint {mountpoint}: {error.strerror}") from None
+        log.warning("clearing the stale mount left at %s", mountpoint)
+        unmount(mountpoint, lazy=True)
 
 
 def _detach_output(store: Path) -> None:
@@ -65,6 +66,69 @@ def _detach_output(store: Path) -> None:
     os.dup2(log_fd, 2)
     os.close(null_fd)
     os.close(log_fd)
+
+
+def _answers(mountpoint: Path) -> bool:
+    """The mount is up and the kernel gets answers: stat returns sdfs's root
+    (FUSE_ROOT_ID, inode 1) on a mounted filesystem."""
+    try:
+        return os.path.ismount(mountpoint) and os.stat(mountpoint).st_ino == 1
+    except OSError:
+        return False
+
+
+class _Readiness:
+    """fusepy's init() runs while the kernel's FUSE_INIT is still unanswered:
+    a stat from there would deadlock, and "ready" said there would come before
+    the mount answers. init() starts this short-lived thread instead; it waits
+    until the mountpoint answers, then starts the encoder and tells the
+    forking parent and systemd (READY=1). destroy() may come first (an
+    unmount right away): ``stop`` makes sure nothing starts after it."""
+
+    def __init__(self, mountpoint: Path, store: Path, start, report):
+        self.mountpoint, self.store = mountpoint, store
+        self._start, self._report = start, report
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="sdfs-ready", daemon=True)
+
+    def begin(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        while not _answers(self.mountpoint):
+            if self._stopping:
+                return
+            time.sleep(0.02)
+        with self._lock:
+            if self._stopping:
+                return
+            self._start()
+        elapsed = time.monotonic() - started
+        log.info("mounted %s at %s (answering after %.2f s)", self.store, self.mountpoint, elapsed)
+        self._report("ready")
+        notify("READY=1", f"STATUS=mounted {self.store} at {self.mountpoint}", f"MAINPID={os.getpid()}")
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+
+def _finish_quietly_on_sigterm() -> None:
+    """libfuse puts SIGTERM back to its default before it calls destroy();
+    under systemd, ExecStop's unmount is followed by a SIGTERM that would then
+    kill the encoder mid-batch. Once unmounting, a SIGTERM only says so."""
+
+    def already_stopping(signum, frame):
+        log.info("already unmounting: finishing the encode batch in hand first")
+
+    try:
+        signal.signal(signal.SIGTERM, already_stopping)
+    except ValueError:  # not the main thread (libfuse calls destroy from the loop's thread)
+        pass
 
 
 def mount(args) -> int:
@@ -88,6 +152,9 @@ def mount(args) -> int:
         os.close(read_fd)
         os.setsid()
         _detach_output(Path(args.store))
+        from ..cli import configure_logging
+
+        configure_logging(getattr(args, "verbose", 0), "file")  # timestamps: a log file has no other clock
 
     def report(message: str) -> None:
         nonlocal status_fd
@@ -97,20 +164,30 @@ def mount(args) -> int:
             status_fd = None
 
     try:
+        notify(f"STATUS=opening the store {args.store}")
         lock = StoreLock(args.store, f"the mount at {mountpoint.resolve()}").acquire()
         fs, encoder = _open_filesystem(args)
     except SdfsError as error:
         report(str(error))
         raise
 
+    # resolved: a mountpoint given as a symlink is never itself the mount
+    readiness = _Readiness(mountpoint.resolve(), Path(args.store), encoder.start, report)
+
     def on_ready() -> None:
-        encoder.start()
-        report("ready")
+        readiness.begin()
 
     def on_destroy() -> None:
+        # libfuse calls this after the unmount, for `sdfs umount` and SIGTERM alike
+        notify("STOPPING=1", f"STATUS=unmounted {mountpoint}; finishing the encode batch in hand")
+        _finish_quietly_on_sigterm()
+        log.info("unmounted %s; finishing the encode batch in hand", mountpoint)
+        readiness.stop()
         encoder.stop(timeout=600)  # finish the batch in hand; the rest stays queued, durably
+        queued = len(fs.store.pending())
         fs.store.close()
         lock.release()
+        log.info("stopped; %s", f"{queued} files stay queued for the next mount" if queued else "nothing left to encode")
 
     # attr_timeout=0: a file's size changes when the encoder swaps in the
     # reconstruction, and the kernel must not serve a cached st_size then
@@ -120,6 +197,7 @@ def mount(args) -> int:
         options.update(allow_other=True, default_permissions=True)
     from .operations import SdfsOperations
 
+    notify(f"STATUS=mounting {args.store} at {mountpoint}")
     try:
         FUSE(SdfsOperations(fs, on_ready=on_ready, on_destroy=on_destroy), str(mountpoint), **options)
     except RuntimeError as error:
@@ -130,19 +208,14 @@ def mount(args) -> int:
 
 def _open_filesystem(args):
     from ..cli import _load_codec
+    from ..ingest import model_for_store
     from ..store import Store
     from .encoder import Encoder
     from .filesystem import Filesystem
 
+    log.info("loading VAE %s on %s", args.model, args.device)
+    notify(f"STATUS=loading VAE {args.model} on {args.device} (a first start may download it)")
     codec = _load_codec(args)
-    identity = codec.vae.identity
-    model = {
-        "name": identity.name,
-        "weights_sha256": identity.weights_sha256.hex(),
-        "scaling_factor": round(identity.scaling_factor, 6),
-        "latent_channels": identity.latent_channels,
-        "spatial_factor": identity.spatial_factor,
-    }
-    store = Store(args.store, model)
+    store = Store(args.store, model_for_store(codec.vae.identity))
     encoder = Encoder(store, codec)
     return Filesystem(store, codec, encoder, cache_bytes=args.cache_size << 20), encoder

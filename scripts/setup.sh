@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 if command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    # fuse3/libfuse2: the mount; rsync and libglib2.0-bin (gio): copy-tool tests
-    apt-get install -y -qq fuse3 libfuse2 rsync libglib2.0-bin >/dev/null
+    # fuse3/libfuse2: the mount; rsync and libglib2.0-bin (gio): copy-tool tests;
+    # systemd: `systemd-analyze verify` of the unit (a test)
+    apt-get install -y -qq fuse3 libfuse2 rsync libglib2.0-bin systemd >/dev/null
 fi
 
 # Without a GPU, take the CPU build of torch first: an unpinned torch pulls a

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -314,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sdfs: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `sdfs stats STORE | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (MemoryError, RuntimeError, OSError) as error:  # e.g. out of (GPU) memory, a full disk
         log.debug("details", exc_info=True)
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -18,11 +18,10 @@ from .codec import container
 from .errors import RecordError
 from .fs.control import daemon_state, mount_of, store_of
 from .ingest import KEEP_LATENT, KEEP_ORIGINAL, ORIGINAL_BYTES, STORED_VERBATIM, VERDICT
-from .store import DIR, LATENT, PENDING, SYMLINK, VERBATIM, Inode, Store
+from .store import DIR, KIND_NAMES, LATENT, SYMLINK, Inode, Store
 from .store.store import _key
 
 PERCENTILES = (0, 5, 25, 50, 75, 95, 100)
-KINDS = {DIR: "directory", SYMLINK: "symlink", PENDING: "pending", VERBATIM: "verbatim", LATENT: "latent"}
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -54,7 +53,7 @@ def collect(store: Store) -> dict:
         for key, value in txn.cursor(db=store.db["inodes"]):
             try:
                 inode = Inode.unpack(int.from_bytes(key, "big"), value)
-                kind = KINDS[inode.kind]
+                kind = KIND_NAMES[inode.kind]
             except (struct.error, KeyError):
                 unreadable += 1  # damage is fsck's to report and repair; stats just counts it
                 continue

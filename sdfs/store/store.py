@@ -533,16 +533,3 @@ class Store:
 
     def remove_xattr(self, ino: int, name: bytes) -> bool:
         return self.write(lambda txn: txn.delete(_key(ino) + name, db=self.db["xattrs"]))
-
-    # -- totals
-
-    def totals(self) -> dict:
-        counts = {name: 0 for name in KIND_NAMES.values()}
-        logical = stored = 0
-        with self.reading() as txn:
-            for key, value in txn.cursor(db=self.db["inodes"]):
-                inode = Inode.unpack(int.from_bytes(key, "big"), value)
-                counts[KIND_NAMES[inode.kind]] += 1
-                logical += inode.size
-                stored += inode.stored
-        return {"files": counts, "logical_bytes": logical, "stored_bytes": stored}

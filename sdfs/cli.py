@@ -146,8 +146,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_codec_bench(args)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error in the journal (a service's bad --config
+    file, say) is one line at priority err instead of usage text at info."""
+
+    def error(self, message: str):
+        if _log_style() == "journal":
+            self.exit(2, f"<3>{self.prog}: error: {message}\n")
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdfs", description="Store images as Stable Diffusion VAE latents.")
+    parser = _Parser(prog="sdfs", description="Store images as Stable Diffusion VAE latents.")
     parser.add_argument("--version", action="version", version=f"sdfs {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug with tracebacks)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -249,6 +249,11 @@ def test_journal_gets_priorities_and_no_timestamps(tmp_path):
     # a real command's error line carries the err priority
     code, text = _stderr_of(tmp_path, ["-m", "sdfs", "stats", str(tmp_path / "nothing")], journal=True)
     assert code != 0 and text.startswith("<3>sdfs: error: ") and len(text.splitlines()) == 1, text
+    # so does a usage error, e.g. a typo in the service's configuration file
+    (tmp_path / "typo.toml").write_text('stor = "/srv/images"\n')
+    code, text = _stderr_of(tmp_path, ["-m", "sdfs", "mount", "--config", str(tmp_path / "typo.toml")], journal=True)
+    assert code == 2 and text.startswith("<3>sdfs mount: error: configuration") and "unknown key 'stor'" in text, text
+    assert len(text.splitlines()) == 1, text
 
 
 def test_terminal_and_log_file_styles(tmp_path):

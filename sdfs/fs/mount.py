@@ -184,7 +184,7 @@ def mount(args) -> int:
         log.info("unmounted %s; finishing the encode batch in hand", mountpoint)
         readiness.stop()
         encoder.stop(timeout=600)  # finish the batch in hand; the rest stays queued, durably
-        queued = len(fs.store.pending())
+        queued = fs.store.pending_count()
         fs.store.close()
         lock.release()
         log.info("stopped; %s", f"{queued} files stay queued for the next mount" if queued else "nothing left to encode")

@@ -78,7 +78,10 @@ def _walk(sources: list[Path], into: tuple[bytes, ...], plan: Plan, store: Store
             st = os.lstat(source)
         except OSError as error:
             raise SdfsError(f"cannot read {source}: {error.strerror}") from None
-        top = into + (_name(source.resolve().name if source.name in ("", ".", "..") else source.name),)
+        name = source.resolve().name if source.name in ("", ".", "..") else source.name
+        if not name:
+            raise SdfsError(f"cannot import {source} as a folder of the store: give the folders inside it instead")
+        top = into + (_name(name),)
         _plan_one(Entry(source, top, st), plan, store)
         if stat.S_ISDIR(st.st_mode):
             for folder, dirnames, filenames in os.walk(source, onerror=lambda e: plan.skipped.append(f"{e.filename}: {e.strerror}")):
@@ -161,6 +164,8 @@ def run_import(args) -> int:
     if store_path.exists() and not store_path.is_dir():
         raise SdfsError(f"{store_path} is not a folder; give the store folder last: sdfs import SRC... STORE")
     into = tuple(_name(p) for p in Path("/" + args.into).parts[1:])
+    if b".." in into or b"." in into:
+        raise SdfsError(f"--into {args.into}: give a folder path inside the store without . or .. parts")
     started = time.monotonic()
     with StoreLock(store_path, "sdfs import"):
         store = Store(store_path)

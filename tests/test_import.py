@@ -168,6 +168,8 @@ def test_import_into_a_folder_and_one_line_errors(tmp_path, tiny_vae_dir):
     with Image.open(tmp_path / "fidelity.png") as plot:
         assert plot.format == "PNG" and plot.width > 500
 
+    escaping = sdfs("import", src, store, "--into", "../outside", "--model", tiny_vae_dir, check_rc=1)
+    assert "without . or .. parts" in escaping.stderr and len(escaping.stderr.splitlines()) == 1
     missing = sdfs("import", tmp_path / "nope", store, "--model", tiny_vae_dir, check_rc=1)
     assert missing.stderr.startswith("sdfs: error: cannot read") and len(missing.stderr.splitlines()) == 1
     with StoreLock(store, "a test"):

@@ -99,3 +99,15 @@ def test_other_model_refused_and_map_grows(tmp_path):
 def test_same_weights_under_another_name_open_the_store(tmp_path):
     Store(tmp_path / "s", MODEL).close()
     Store(tmp_path / "s", {**MODEL, "name": "/elsewhere/same-weights"}).close()
+
+
+def test_read_only_open_of_a_store_still_being_created(tmp_path):
+    import lmdb
+
+    from sdfs.store import StoreError
+
+    lmdb.open(str(tmp_path / "half"), max_dbs=2).close()  # the environment exists, its databases not yet
+    with pytest.raises(StoreError, match="is incomplete"):
+        Store(tmp_path / "half", readonly=True)
+    with pytest.raises(StoreError, match="is not an sdfs store"):
+        Store(tmp_path / "absent", readonly=True)

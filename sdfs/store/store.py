@@ -117,8 +117,15 @@ class Store:
         try:
             self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=len(_DBS), subdir=True, lock=True,
                                  readonly=readonly, create=not readonly)
-            self.db = {name: self.env.open_db(name.encode(), create=not readonly) for name in _DBS}
         except lmdb.Error as error:
+            raise StoreError(f"cannot open store {self.path}: {error}") from None
+        try:
+            self.db = {name: self.env.open_db(name.encode(), create=not readonly) for name in _DBS}
+        except lmdb.NotFoundError:  # read-only, and a sub-database is not there (yet)
+            self.env.close()
+            raise StoreError(f"store {self.path} is incomplete: still being created, or not an sdfs store") from None
+        except lmdb.Error as error:
+            self.env.close()
             raise StoreError(f"cannot open store {self.path}: {error}") from None
         if readonly:
             self._check_version()
@@ -153,6 +160,9 @@ class Store:
 
     def _check_version(self) -> None:
         version = self.format_version()
+        if version == 0:
+            self.env.close()
+            raise StoreError(f"store {self.path} is incomplete: still being created, or not an sdfs store")
         if version != STORE_VERSION:
             raise StoreError(f"store {self.path} has format version {version}; this sdfs reads {STORE_VERSION}")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .errors import SdfsError
 from .ingest import KEEP_ORIGINAL, SOURCE, judge, model_for_store
-from .progress import Progress
+from .progress import Progress, human_bytes
 from .store import DIR, ROOT, SYMLINK, NewFile, Store
 from .store.lock import StoreLock
 
@@ -276,19 +276,11 @@ def _import_batch(codec, store: Store, batch: list[Entry], dirs: dict, summary: 
         progress.advance(files=1, nbytes=entry.st.st_size)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
-    return str(n)
-
-
 def _print_summary(s: Summary, plan: Plan, seconds: float, store_path: Path) -> None:
     done = s.latent + s.kept_original + s.verbatim
     ratio = f", {s.bytes_in / s.bytes_stored:.1f}x smaller" if s.bytes_stored else ""
     print(f"imported {done} files into {store_path} in {seconds:.1f} s: {s.latent} as latents, "
           f"{s.kept_original} kept original (below the fidelity floor), {s.verbatim} verbatim (not images sdfs takes)")
-    print(f"  {_size(s.bytes_in)} read, {_size(s.bytes_stored)} stored{ratio}; "
+    print(f"  {human_bytes(s.bytes_in)} read, {human_bytes(s.bytes_stored)} stored{ratio}; "
           f"{plan.already_in} already in; {len(plan.links)} links; {s.failed + len(plan.skipped)} skipped or failed",
           file=sys.stdout)

@@ -31,6 +31,15 @@ import time
 from typing import TextIO
 
 
+def human_bytes(n: float) -> str:
+    """1,234 B, 14.8 MB: decimal units, as the MB/s of the progress line."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:,.1f} TB"
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds >= 3600:

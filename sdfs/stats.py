@@ -18,6 +18,7 @@ from .codec import container
 from .errors import RecordError
 from .fs.control import daemon_state, mount_of, store_of
 from .ingest import KEEP_LATENT, KEEP_ORIGINAL, ORIGINAL_BYTES, STORED_VERBATIM, VERDICT
+from .progress import human_bytes
 from .store import DIR, KIND_NAMES, LATENT, SYMLINK, Inode, Store
 from .store.store import _key
 
@@ -138,14 +139,6 @@ def run_stats(args) -> int:
     return 0
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
-    raise AssertionError
-
-
 def render(report: dict) -> str:
     model = report["model"] or {}
     files, verdicts, b = report["files"], report["verdicts"], report["bytes"]
@@ -156,12 +149,12 @@ def render(report: dict) -> str:
         f"{'files':<28}{'count':>9}{'written':>14}{'stored':>14}",
     ]
     for kind in ("latent", "verbatim", "pending"):
-        lines.append(f"  {kind:<26}{files.get(kind, 0):>9,}{_size(b['written_by_kind'][kind]):>14}{_size(b['stored_by_kind'][kind]):>14}")
+        lines.append(f"  {kind:<26}{files.get(kind, 0):>9,}{human_bytes(b['written_by_kind'][kind]):>14}{human_bytes(b['stored_by_kind'][kind]):>14}")
     ratio = f"{b['savings_ratio']:.2f}x smaller" if b["savings_ratio"] else "-"
     lines += [
-        f"  {'total':<26}{sum(files.get(k, 0) for k in ('latent', 'verbatim', 'pending')):>9,}{_size(b['written']):>14}{_size(b['stored']):>14}  ({ratio})",
+        f"  {'total':<26}{sum(files.get(k, 0) for k in ('latent', 'verbatim', 'pending')):>9,}{human_bytes(b['written']):>14}{human_bytes(b['stored']):>14}  ({ratio})",
         f"  {'directories, links':<26}{files.get('directory', 0) + files.get('symlink', 0):>9,}",
-        f"  LMDB file {_size(b['lmdb_file'])}, {_size(b['lmdb_used'])} in use",
+        f"  LMDB file {human_bytes(b['lmdb_file'])}, {human_bytes(b['lmdb_used'])} in use",
         "",
         f"verdicts   {verdicts['latent']:,} latent; {verdicts['kept_original_below_floor']:,} kept original (below the fidelity floor); "
         f"{verdicts['verbatim_not_a_candidate']:,} verbatim (not images sdfs takes)",
@@ -186,7 +179,7 @@ def render(report: dict) -> str:
         lines += [
             f"mount      {live['mountpoint']} (pid {live['pid']}): {live['pending']:,} pending, {live['open_files']} open files",
             f"cache      hit ratio {ratio} ({cache['hits']:,} hits, {cache['misses']:,} misses); "
-            f"{cache['entries']:,} images, {_size(cache['bytes'])} of {_size(cache['capacity_bytes'])}; {live['decodes']:,} decodes",
+            f"{cache['entries']:,} images, {human_bytes(cache['bytes'])} of {human_bytes(cache['capacity_bytes'])}; {live['decodes']:,} decodes",
         ]
     return "\n".join(lines)
 

@@ -60,14 +60,13 @@ class Encoder:
                 self._wake.wait(timeout=5)
                 self._wake.clear()
                 continue
-            self._deferred = False
             self.deferred = 0
             try:
                 self._encode(batch)
             except Exception:  # never let the thread die: log, back off, retry later
                 log.exception("encoding batch %s failed; will retry", batch)
                 self._wake.wait(timeout=30)
-            if self._deferred:  # open files: wait for a close (release notifies) before retrying
+            if self.deferred:  # open files: wait for a close (release notifies) before retrying
                 self._wake.wait(timeout=5)
                 self._wake.clear()
             with self._changed:
@@ -95,8 +94,7 @@ class Encoder:
         guard = self.open_files() if self.open_files else _NoneOpen()
         with guard as is_open:
             if is_open(inode.ino):
-                self._deferred = True  # a handle still reads the staged bytes: retry after it closes
-                self.deferred += 1
+                self.deferred += 1  # a handle still reads the staged bytes: retry after it closes
                 return
             # the decision is visible as user.sdfs.verdict (invariant 4)
             if self.store.finish_encode(inode.ino, inode.generation, outcome.record, outcome.output_length,

@@ -135,8 +135,8 @@ def mount(args) -> int:
     from fuse import FUSE
 
     mountpoint = Path(args.mountpoint)
+    clear_stale(mountpoint)  # first: a stale mount fails every other call on the path (ENOTCONN)
     mountpoint.mkdir(parents=True, exist_ok=True)
-    clear_stale(mountpoint)
     status_fd = None
     if not args.foreground:
         # fork before the store, the model or any thread exists; the parent

@@ -45,7 +45,16 @@ def judge(data: bytes, result) -> Outcome:
         return Outcome(f"{STORED_VERBATIM}: {result}", None, len(data), logging.INFO if quiet else logging.WARNING)
     if not result.verdict.keep_latent:
         return Outcome(f"{KEEP_ORIGINAL}: {result.verdict.reason}", None, len(data), logging.INFO)
-    return Outcome(f"{KEEP_LATENT}: {result.verdict.reason}", result.record, result.output_length, logging.DEBUG)
+    return Outcome(f"{KEEP_LATENT}: {result.verdict.reason}", result.record, result.output_length, logging.INFO)
+
+
+def staged_notes(length: int) -> dict[bytes, bytes | None]:
+    """Notes for content just written: an empty file is final at once (it has
+    its verdict); anything else waits for the encoder, so an earlier verdict
+    no longer describes it."""
+    if length == 0:
+        return {VERDICT: f"{STORED_VERBATIM}: empty file".encode(), ORIGINAL_BYTES: b"0"}
+    return {VERDICT: None, ORIGINAL_BYTES: None}
 
 
 def model_for_store(identity) -> dict:

@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import socket
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelMismatch, ModelUnavailable
+from .priority import PriorityLock
 
 log = logging.getLogger(__name__)
 
@@ -395,8 +395,9 @@ class Vae:
         problem = self.default_tiling.problem()
         if problem:
             raise ValueError(problem)
-        # one forward pass at a time: SharedGroupNorm patches the shared model
-        self._lock = threading.RLock()
+        # one forward pass at a time (SharedGroupNorm patches the shared model);
+        # readers' decodes go before the background encoder's work
+        self._lock = PriorityLock()
         self._fp32_copies: dict[int, torch.nn.Module] = {}
         self.batch_size = batch_size or (8 if self.device.type == "cuda" else 1)
         self.fast_decoder: FastDecoder | None = None
@@ -414,6 +415,10 @@ class Vae:
             spatial_factor=2 ** (len(config.block_out_channels) - 1),
         )
         return cls(model, identity, device=device, **options)
+
+    def background_work(self):
+        """Context: the calling thread's VAE work waits while others want the model."""
+        return self._lock.background()
 
     def attach_fast_decoder(self, spec: str = DEFAULT_FAST_DECODER) -> "FastDecoder":
         self.fast_decoder = FastDecoder.load(spec, self)

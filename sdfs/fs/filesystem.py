@@ -3,6 +3,9 @@ write buffer, the read cache. fs/operations.py only translates calls.
 
 Errors are raised as OSError(errno); the FUSE layer passes the errno on.
 Open files are tracked by handle, so renames and unlinks of open files work.
+All handles of one inode share one OpenFile (its write buffer), as all
+descriptors of a file share its pages: what one handle writes another reads,
+and a truncate by name (how the kernel sends O_TRUNC) reaches the same bytes.
 """
 
 from __future__ import annotations
@@ -14,18 +17,19 @@ import json
 import logging
 import os
 import stat
-import tempfile
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from cachetools import LRUCache
 
 from ..codec import container
 from ..errors import SdfsError
-from ..ingest import VERDICT
-from ..store import DIR, KIND_NAMES, LATENT, PENDING, ROOT, SYMLINK, VERBATIM, Store
+from ..ingest import VERDICT, staged_notes
+from ..store import CHUNK, DIR, KIND_NAMES, LATENT, PENDING, ROOT, SYMLINK, VERBATIM, Store
 from ..store.store import now_ns
+from .buffer import WriteBuffer
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +59,32 @@ def store_errors(path: str):
         raise fail(error.errno or _STORE_ERRNOS.get(type(error), errno.EIO), path) from None
 
 
-@dataclass
-class Handle:
+@dataclass(eq=False)
+class OpenFile:
+    """An inode while any handle has it open, shared by all of them.
+    ``buffer`` holds the content once it is being changed, or once the encoder
+    replaced the stored bytes under open readers (they keep what they opened)."""
+
     ino: int
-    writable: bool
-    spool: tempfile.SpooledTemporaryFile | None = None  # present once content is being changed
-    dirty: bool = False
+    refs: int = 0
+    buffer: WriteBuffer | None = None
+    dirty: bool = False  # the buffer holds changes the store does not have yet
     mtime_ns: int | None = None  # of the last write, or as set by utimens while open
+    lock: threading.Lock = field(default_factory=threading.Lock)  # content, buffer and commits
+
+
+@dataclass(eq=False)
+class Handle:
+    file: OpenFile
+    writable: bool
     counted: bool = False  # its cache hit or miss is counted (once per open, not per read call)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    # a reconstruction too large for the cache, kept while this handle is open
+    # so that it is decoded once per open, not once per read call
+    decoded: tuple[int, bytes] | None = None
 
     @property
-    def size(self) -> int:
-        self.spool.seek(0, os.SEEK_END)
-        return self.spool.tell()
+    def ino(self) -> int:
+        return self.file.ino
 
 
 class Filesystem:
@@ -80,24 +96,45 @@ class Filesystem:
         self.cache_hits = self.cache_misses = 0
         self.decodes = 0
         self._cache_lock = threading.Lock()
-        self._decoding: dict[tuple[int, int], threading.Lock] = {}
+        self._decoding: dict[tuple[int, int], Future] = {}  # decodes in flight, shared by their readers
         self._handles: dict[int, Handle] = {}
+        self._open: dict[int, OpenFile] = {}  # both shrink at release: no entry outlives its last handle
         self._fh = itertools.count(1)
-        self._lock = threading.RLock()
+        # lock order: self._lock, then an OpenFile's lock (never the other way round)
+        self._lock = threading.Lock()
         self.spool_dir = store.path / "tmp"
         self.spool_dir.mkdir(exist_ok=True)
         for ino in store.orphans():  # names removed while open before a crash
             store.purge(ino)
         if encoder is not None:
-            encoder.open_files = self._open_files
+            encoder.attach(swap_guard=self._swapping, busy=self._dirty_files)
 
     @contextlib.contextmanager
-    def _open_files(self):
-        """Inodes that a handle reads from the store. Handles with their own
-        write buffer do not care whether the store's bytes are swapped."""
+    def _swapping(self, ino: int, generation: int):
+        """Held while the encoder replaces a file's stored bytes. Handles open
+        on it keep reading the bytes they opened: those are copied into the
+        shared buffer first. A file nobody has open cannot be opened meanwhile."""
+        self._lock.acquire()
+        file = self._open.get(ino)
+        if file is None:
+            try:
+                yield
+            finally:
+                self._lock.release()
+            return
+        with file.lock:
+            self._lock.release()  # new handles join this OpenFile, whose lock we hold
+            if file.buffer is None:
+                inode = self.store.inode(ino)
+                if inode is not None and inode.generation == generation:  # else the commit is refused anyway
+                    file.buffer = self._filled_buffer(inode)
+            yield
+
+    def _dirty_files(self) -> frozenset[int]:
+        """Files whose buffers hold changes the store does not have: encoding
+        their stored bytes now would be wasted work."""
         with self._lock:
-            open_inos = {handle.ino for handle in self._handles.values() if handle.spool is None}
-            yield open_inos.__contains__
+            return frozenset(ino for ino, file in self._open.items() if file.dirty)
 
     # -- paths
 
@@ -124,21 +161,20 @@ class Filesystem:
 
     # -- attributes
 
-    def _open_size(self, ino: int) -> int | None:
-        """Bytes buffered by an open, changed handle: what a full read returns now."""
+    def _buffered_size(self, ino: int) -> int | None:
+        """The size of an open file's shared buffer: what a full read returns now."""
         with self._lock:
-            for handle in self._handles.values():
-                if handle.ino == ino and handle.spool is not None:
-                    with handle.lock:
-                        return handle.size
-        return None
+            file = self._open.get(ino)
+            buffer = file.buffer if file is not None else None
+            return buffer.size if buffer is not None else None
 
     def getattr(self, path: str, fh: int | None = None) -> dict:
-        ino = self._handles[fh].ino if fh in self._handles else self.resolve(path)
+        handle = self._handles.get(fh) if fh is not None else None
+        ino = handle.ino if handle is not None else self.resolve(path)
         inode = self.store.inode(ino)
         if inode is None:
             raise fail(errno.ENOENT, path)
-        size = self._open_size(ino)
+        size = self._buffered_size(ino)
         size = inode.size if size is None else size
         stored = inode.stored if size == inode.size else size
         return {
@@ -172,9 +208,9 @@ class Filesystem:
         atime, mtime = times_ns or (now, now)
         self.store.setattr(ino, atime_ns=int(atime), mtime_ns=int(mtime))
         with self._lock:  # cp -a sets times before close(): the commit must keep them
-            for handle in self._handles.values():
-                if handle.ino == ino and handle.dirty:
-                    handle.mtime_ns = int(mtime)
+            file = self._open.get(ino)
+            if file is not None:
+                file.mtime_ns = int(mtime)
 
     # -- directories and names
 
@@ -184,10 +220,10 @@ class Filesystem:
             raise fail(errno.ENOTDIR, path)
         return [".", ".."] + [name.decode("utf-8", "surrogateescape") for name, _ in self.store.listdir(ino)]
 
-    def _create(self, path: str, kind: int, mode: int, uid: int, gid: int, data: bytes = b"") -> int:
+    def _create(self, path: str, kind: int, mode: int, uid: int, gid: int, data: bytes = b"", notes=None) -> int:
         parent, name = self._parent(path)
         with store_errors(path):
-            return self.store.create(parent, name, kind, mode, uid, gid, data).ino
+            return self.store.create(parent, name, kind, mode, uid, gid, data, notes).ino
 
     def mkdir(self, path: str, mode: int, uid: int = 0, gid: int = 0) -> None:
         self._create(path, DIR, stat.S_IFDIR | (mode & 0o7777), uid, gid)
@@ -219,6 +255,11 @@ class Filesystem:
         replaced = self.store.lookup(new_parent, new_name)
         with store_errors(new):
             self.store.rename(old_parent, old_name, new_parent, new_name)
+        if self.encoder is not None:
+            moved = self.store.lookup(new_parent, new_name)
+            inode = self.store.inode(moved) if moved is not None else None
+            if inode is not None:
+                self.encoder.renamed(moved, old, new, directory=inode.is_dir)
         if replaced is not None:
             self._purge_if_unused(replaced)
 
@@ -227,15 +268,15 @@ class Filesystem:
         if inode is None or inode.nlink > 0:
             return
         with self._lock:
-            if any(h.ino == ino for h in self._handles.values()):
+            if ino in self._open:
                 return  # purged at the last release
         self.store.purge(ino)
 
     # -- files
 
     def create(self, path: str, mode: int, uid: int = 0, gid: int = 0) -> int:
-        ino = self._create(path, VERBATIM, stat.S_IFREG | (mode & 0o7777), uid, gid)
-        return self._new_handle(ino, writable=True, empty=True)
+        ino = self._create(path, VERBATIM, stat.S_IFREG | (mode & 0o7777), uid, gid, notes=staged_notes(0))
+        return self._new_handle(ino, writable=True)
 
     def open(self, path: str, flags: int) -> int:
         ino = self.resolve(path)
@@ -243,100 +284,124 @@ class Filesystem:
         if inode.is_dir:
             raise fail(errno.EISDIR, path)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
-        return self._new_handle(ino, writable, empty=bool(flags & os.O_TRUNC) and writable)
-
-    def _new_handle(self, ino: int, writable: bool, empty: bool) -> int:
-        handle = Handle(ino, writable)
-        if empty:
-            handle.spool = self._spool()
-            handle.dirty = True
-        with self._lock:
-            fh = next(self._fh)
-            self._handles[fh] = handle
+        fh = self._new_handle(ino, writable)
+        if flags & os.O_TRUNC and writable:  # the kernel sends it as a truncate unless atomic_o_trunc
+            try:
+                self.truncate(path, 0, fh)
+            except OSError:
+                self.release(path, fh)
+                raise
         return fh
 
-    def _spool(self) -> tempfile.SpooledTemporaryFile:
-        return tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, dir=self.spool_dir)
+    def _new_handle(self, ino: int, writable: bool) -> int:
+        with self._lock:
+            file = self._open.get(ino)
+            if file is None:
+                file = self._open[ino] = OpenFile(ino)
+            file.refs += 1
+            fh = next(self._fh)
+            self._handles[fh] = Handle(file, writable)
+        return fh
 
-    def _content(self, ino: int) -> bytes:
-        """The file's current bytes as a reader sees them."""
-        inode = self.store.inode(ino)
-        if inode.kind == LATENT:
-            return self._decoded(inode)
-        return self.store.read_raw(ino)
+    def _handle(self, fh: int, path: str, writing: bool = False) -> Handle:
+        handle = self._handles.get(fh)
+        if handle is None or (writing and not handle.writable):
+            raise fail(errno.EBADF, path)
+        return handle
 
-    def _load_for_writing(self, handle: Handle) -> None:
-        if handle.spool is None:
-            handle.spool = self._spool()
-            handle.spool.write(self._content(handle.ino))
+    def _new_buffer(self) -> WriteBuffer:
+        return WriteBuffer(self.spool_dir, SPOOL_IN_MEMORY)
+
+    def _filled_buffer(self, inode) -> WriteBuffer:
+        """A buffer holding the file's current bytes, copied a chunk at a time."""
+        buffer = self._new_buffer()
+        try:
+            if inode.kind == LATENT:
+                buffer.write(0, self._decoded(inode))
+            else:
+                for offset in range(0, inode.size, CHUNK):
+                    buffer.write(offset, self.store.read_raw(inode.ino, offset, CHUNK))
+        except BaseException:
+            buffer.close()
+            raise
+        return buffer
+
+    def _load_for_writing(self, file: OpenFile, empty: bool = False) -> None:
+        """Under file.lock: make sure the buffer exists (``empty``: its old
+        bytes are about to be cut away anyway, so do not copy or decode them)."""
+        if file.buffer is None:
+            file.buffer = self._new_buffer() if empty else self._filled_buffer(self.store.inode(file.ino))
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        handle = self._handles.get(fh)
-        if handle is None:
-            raise fail(errno.EBADF, path)
-        with handle.lock:
-            if handle.spool is not None:
-                handle.spool.seek(offset)
-                return handle.spool.read(size)
-        inode = self.store.inode(handle.ino)
-        if inode.kind == LATENT:
-            first, handle.counted = not handle.counted, True
-            return self._decoded(inode, count=first)[offset : offset + size]
-        return self.store.read_raw(handle.ino, offset, size)
+        handle = self._handle(fh, path)
+        file = handle.file
+        with file.lock:  # the encoder swaps bytes under this lock only
+            if file.buffer is not None:
+                return file.buffer.read(offset, size)
+            inode = self.store.inode(file.ino)
+            if inode.kind != LATENT:
+                return self.store.read_raw(file.ino, offset, size)
+        return self._latent_content(handle, inode)[offset : offset + size]
+
+    def _latent_content(self, handle: Handle, inode) -> bytes:
+        if handle.decoded is not None and handle.decoded[0] == inode.generation:
+            return handle.decoded[1]
+        first, handle.counted = not handle.counted, True
+        content = self._decoded(inode, count=first)
+        if len(content) > self.cache.maxsize:
+            handle.decoded = (inode.generation, content)
+        return content
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
-        handle = self._handles.get(fh)
-        if handle is None or not handle.writable:
-            raise fail(errno.EBADF, path)
-        with handle.lock:
-            self._load_for_writing(handle)
-            end = handle.size
-            if offset > end:
-                handle.spool.write(b"\0" * (offset - end))  # a hole reads as zeros
-            handle.spool.seek(offset)
-            handle.spool.write(data)
-            handle.dirty = True
-            handle.mtime_ns = now_ns()
+        file = self._handle(fh, path, writing=True).file
+        with file.lock:
+            self._load_for_writing(file)
+            file.buffer.write(offset, data)
+            file.dirty = True
+            file.mtime_ns = now_ns()
         return len(data)
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
-        handle = self._handles.get(fh) if fh else None
-        if handle is None:
-            ino = self.resolve(path)
-            with self._lock:  # a truncate by name hits an open handle's buffer too
-                handle = next((h for h in self._handles.values() if h.ino == ino and h.spool is not None), None)
-            if handle is None:
-                content = self._content(ino)
-                self._stage(ino, content[:length] + b"\0" * max(0, length - len(content)), path=path)
-                return
-        with handle.lock:
-            self._load_for_writing(handle)
-            size = handle.size
-            if length > size:
-                handle.spool.seek(size)
-                handle.spool.write(b"\0" * (length - size))
-            handle.spool.truncate(length)
-            handle.dirty = True
-            handle.mtime_ns = now_ns()
+        """Durable when it returns, like any completed metadata change. By name
+        (no handle: truncate(2), or O_TRUNC from the kernel), it goes through a
+        handle of its own, so it reaches the bytes every open handle shares."""
+        if fh is None or fh not in self._handles:
+            fh = self._new_handle(self.resolve(path), writable=True)
+            try:
+                return self.truncate(path, length, fh)
+            finally:
+                self.release(path, fh)
+        file = self._handle(fh, path, writing=True).file
+        with file.lock:
+            self._load_for_writing(file, empty=length == 0)
+            file.buffer.truncate(length)
+            file.dirty = True
+            file.mtime_ns = now_ns()
+            self._commit_locked(file, path)
 
     def flush(self, path: str, fh: int) -> None:
         """close() of any descriptor: make its changes durable before it returns."""
         handle = self._handles.get(fh)
-        if handle is not None:
-            self._commit(handle, path)
+        if handle is not None and handle.writable:
+            self._commit(handle.file, path)
 
-    def _commit(self, handle: Handle, path: str | None = None) -> None:
-        with handle.lock:
-            if not handle.dirty:
-                return
-            handle.spool.seek(0)
-            data = handle.spool.read()
-            handle.dirty = False
-            mtime = handle.mtime_ns
-        self._stage(handle.ino, data, mtime, path)
+    def _commit(self, file: OpenFile, path: str | None = None) -> None:
+        with file.lock:
+            self._commit_locked(file, path)
 
-    def _stage(self, ino: int, data: bytes, mtime_ns: int | None = None, path: str | None = None) -> None:
-        self.store.stage(ino, data, queue=self.encoder is not None, mtime_ns=mtime_ns)
+    def _commit_locked(self, file: OpenFile, path: str | None) -> None:
+        """Stage the buffer in the store. On failure (ENOSPC…) it stays dirty:
+        the caller gets the error, and the next close tries again."""
+        if not file.dirty:
+            return
+        buffer = file.buffer
+        self._stage(file.ino, buffer.chunks(CHUNK), buffer.size, file.mtime_ns, path)
+        file.dirty = False
+
+    def _stage(self, ino: int, content, length: int, mtime_ns: int | None = None, path: str | None = None) -> None:
+        with store_errors(path or ""):
+            self.store.stage(ino, content, queue=self.encoder is not None, mtime_ns=mtime_ns,
+                             notes=staged_notes(length))
         if self.encoder is not None:
             if path:
                 self.encoder.remember_name(ino, path)
@@ -345,21 +410,36 @@ class Filesystem:
     def release(self, path: str, fh: int) -> None:
         with self._lock:
             handle = self._handles.pop(fh, None)
-        if handle is None:
-            return
-        self._commit(handle, path)
-        if handle.spool is not None:
-            handle.spool.close()
-        self._purge_if_unused(handle.ino)
-        if self.encoder is not None:
-            self.encoder.notify()  # an encode deferred for this open file can finish now
+            if handle is None:
+                return
+            file = handle.file
+            file.refs -= 1
+            if file.refs:
+                return
+        try:
+            self._commit(file, path)  # changes no flush() saw (written through mmap, say)
+        except OSError as error:  # nobody is left to tell: say it loudly
+            log.error("%s: changes made since its last close() could not be stored: %s", path, error.strerror)
+        finally:
+            with self._lock:
+                closing = file.refs == 0 and self._open.get(file.ino) is file
+                if closing:
+                    del self._open[file.ino]
+            if closing:
+                with file.lock:
+                    if file.buffer is not None:
+                        file.buffer.close()
+                        file.buffer = None
+            self._purge_if_unused(file.ino)
+            if self.encoder is not None:
+                self.encoder.notify()
 
     def fsync(self, path: str, datasync: bool, fh: int) -> None:
         """Returns once the file is durable in its final form (encoded or verbatim)."""
         handle = self._handles.get(fh)
         ino = handle.ino if handle else self.resolve(path)
         if handle is not None:
-            self._commit(handle, path)
+            self._commit(handle.file, path)
         if self.encoder is not None:
             self.encoder.wait_for(ino)
 
@@ -367,29 +447,37 @@ class Filesystem:
 
     def _decoded(self, inode, count: bool = True) -> bytes:
         """The reconstruction, from the cache or decoded once however many
-        readers ask at the same time. ``count``: record a cache hit or miss
-        (the first read of an open file; later reads of it are not lookups)."""
+        readers ask at the same time (they share the decode in flight, also
+        when it is too large for the cache). ``count``: record a cache hit or
+        miss (the first read of an open file; later reads are not lookups)."""
         key = (inode.ino, inode.generation)
         with self._cache_lock:
             cached = self.cache.get(key)
-            if cached is not None:
-                self.cache_hits += count
-                return cached
-            gate = self._decoding.setdefault(key, threading.Lock())
-        with gate:  # concurrent readers of one file share one decode
-            with self._cache_lock:
-                cached = self.cache.get(key)
-            if cached is None:
-                cached = self._decode(inode)
-                with self._cache_lock:
-                    self.cache_misses += count
-                    if len(cached) <= self.cache.maxsize:
-                        self.cache[key] = cached
-                    self._decoding.pop(key, None)
+            in_flight = self._decoding.get(key) if cached is None else None
+            owner = cached is None and in_flight is None
+            if owner:
+                self.cache_misses += count
+                in_flight = self._decoding[key] = Future()
             else:
-                with self._cache_lock:
-                    self.cache_hits += count
-        return cached
+                self.cache_hits += count
+        if cached is not None:
+            return cached
+        if not owner:
+            return in_flight.result()  # raises the decode's own error
+        try:
+            content = self._decode(inode)
+        except BaseException as error:
+            in_flight.set_exception(error)
+            raise
+        else:
+            in_flight.set_result(content)
+            with self._cache_lock:
+                if len(content) <= self.cache.maxsize:
+                    self.cache[key] = content
+            return content
+        finally:
+            with self._cache_lock:
+                self._decoding.pop(key, None)
 
     def _decode(self, inode) -> bytes:
         record = self.store.record(inode.ino)

@@ -8,22 +8,30 @@ Layouts of keys and values are in docs/FORMAT.md ("Store").
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import struct
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import lmdb
 
 from ..errors import ModelMismatch, SdfsError
+from .gate import ResizeGate
+
+log = logging.getLogger(__name__)
 
 STORE_VERSION = 1
 ROOT = 1
 CHUNK = 1 << 20  # verbatim and staged bytes are stored in 1 MiB chunks
+# LMDB reports a commit that ran out of disk as EIO (a short write); with less
+# than this left on the store's disk, that EIO is taken for what it is: ENOSPC
+DISK_FULL_BELOW = 8 << 20
 
 DIR, PENDING, VERBATIM, LATENT, SYMLINK = 1, 2, 3, 4, 5
 KIND_NAMES = {DIR: "directory", PENDING: "pending", VERBATIM: "verbatim", LATENT: "latent", SYMLINK: "symlink"}
@@ -52,6 +60,18 @@ def _latent_space(model: dict) -> dict:
 
 def now_ns() -> int:
     return time.time_ns()
+
+
+def _pieces(data: bytes | Iterable[bytes]) -> Iterator[bytes]:
+    """Content as CHUNK-sized pieces: bytes are sliced, an iterable (a write
+    buffer's chunks, so no file is ever copied whole) is taken as it comes. It
+    must start over when iterated again: a transaction retried after the map
+    grew reads it again (a generator would give nothing the second time)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        for start in range(0, len(data), CHUNK):
+            yield bytes(data[start : start + CHUNK])
+    else:
+        yield from data
 
 
 @dataclass(frozen=True)
@@ -109,6 +129,7 @@ class Store:
         refuses to open. Read-only opens work beside a running mount."""
         self.path = Path(path)
         self.readonly = readonly
+        self._gate = ResizeGate()
         if readonly:
             if not (self.path / "data.mdb").is_file():
                 raise StoreError(f"{self.path} is not an sdfs store (no data.mdb); give the folder passed to `sdfs mount`")
@@ -139,17 +160,57 @@ class Store:
 
     @contextmanager
     def reading(self) -> Iterator[lmdb.Transaction]:
-        with self.env.begin(buffers=False) as txn:
+        with self._transaction(write=False) as txn:
             yield txn
 
     def write(self, fn):
-        """Run ``fn(txn)`` in one write transaction, growing the map when full."""
+        """Run ``fn(txn)`` in one write transaction, growing the map when full.
+        A full disk raises OSError(ENOSPC), other LMDB failures OSError(EIO)."""
         while True:
+            size = self.env.info()["map_size"]
             try:
-                with self.env.begin(write=True) as txn:
+                with self._transaction(write=True) as txn:
                     return fn(txn)
             except lmdb.MapFullError:
-                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                with self._gate.exclusive():  # no transaction of this process is open now
+                    if self.env.info()["map_size"] == size:  # not grown by another thread meanwhile
+                        self.env.set_mapsize(size * 2)
+                        log.info("store %s: map grown to %d MiB", self.path, size * 2 >> 20)
+
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator[lmdb.Transaction]:
+        while True:
+            with self._gate.shared():
+                try:
+                    txn = self.env.begin(write=write, buffers=False)
+                except lmdb.MapResizedError:
+                    txn = None  # another process (the mount) grew the map: adopt its size below
+                if txn is not None:
+                    with self._lmdb_errors(), txn:
+                        yield txn
+                    return
+            with self._gate.exclusive():
+                self.env.set_mapsize(0)
+
+    @contextmanager
+    def _lmdb_errors(self):
+        try:
+            yield
+        except (lmdb.MapFullError, lmdb.MapResizedError):
+            raise
+        except lmdb.Error as error:
+            raise self._as_os_error(error) from None
+
+    def _as_os_error(self, error: lmdb.Error) -> OSError:
+        try:
+            disk = os.statvfs(self.path)
+            full = disk.f_bfree * disk.f_frsize < DISK_FULL_BELOW
+        except OSError:
+            full = False
+        if full:
+            return OSError(errno.ENOSPC, f"no space left on the disk of store {self.path}")
+        log.error("store %s: %s", self.path, error)
+        return OSError(errno.EIO, f"store {self.path}: {error}")
 
     # -- meta
 
@@ -237,8 +298,10 @@ class Store:
                     entries.append((key[8:], int.from_bytes(value, "big")))
         return entries
 
-    def create(self, parent: int, name: bytes, kind: int, mode: int, uid: int, gid: int, data: bytes = b"") -> Inode:
-        """A new file, directory or symlink (``data`` is a symlink's target)."""
+    def create(self, parent: int, name: bytes, kind: int, mode: int, uid: int, gid: int, data: bytes = b"",
+               notes: dict[bytes, bytes | None] | None = None) -> Inode:
+        """A new file, directory or symlink (``data`` is a symlink's target).
+        ``notes``: internal xattrs written with it (see _put_notes)."""
 
         def op(txn):
             if txn.get(_key(parent) + name, db=self.db["dirents"]) is not None:
@@ -254,6 +317,7 @@ class Store:
             elif kind != DIR:
                 inode = replace(inode, kind=VERBATIM)  # an empty file is verbatim until written
             self._put(txn, inode)
+            self._put_notes(txn, inode.ino, notes)
             txn.put(_key(parent) + name, _key(inode.ino), db=self.db["dirents"])
             if kind == DIR:
                 txn.put(_key(inode.ino), _key(parent), db=self.db["dirparents"])
@@ -393,25 +457,41 @@ class Store:
             cursor.delete()
         txn.delete(prefix, db=self.db["records"])
 
-    def _put_chunks(self, txn, ino: int, data: bytes) -> None:
-        for index, start in enumerate(range(0, len(data), CHUNK)):
-            txn.put(_chunk_key(ino, index), data[start : start + CHUNK], db=self.db["chunks"])
+    def _put_chunks(self, txn, ino: int, data: bytes | Iterable[bytes]) -> int:
+        """Store content as chunks; returns its length."""
+        length = 0
+        for index, piece in enumerate(_pieces(data)):
+            txn.put(_chunk_key(ino, index), piece, db=self.db["chunks"])
+            length += len(piece)
+        return length
 
-    def stage(self, ino: int, data: bytes, queue: bool = True, mtime_ns: int | None = None) -> Inode:
-        """Durably replace a file's content with raw bytes; queue it for encoding.
-        ``mtime_ns``: when the content was last written (default: now)."""
+    def _put_notes(self, txn, ino: int, notes: dict[bytes, bytes | None] | None) -> None:
+        """Internal xattrs (the verdict…): a value of None removes the note."""
+        for name, value in (notes or {}).items():
+            if value is None:
+                txn.delete(_key(ino) + name, db=self.db["xattrs"])
+            else:
+                txn.put(_key(ino) + name, value, db=self.db["xattrs"])
+
+    def stage(self, ino: int, data: bytes | Iterable[bytes], queue: bool = True, mtime_ns: int | None = None,
+              notes: dict[bytes, bytes | None] | None = None) -> Inode:
+        """Durably replace a file's content with raw bytes (or an iterable of
+        CHUNK-sized pieces); queue it for encoding unless it is empty.
+        ``mtime_ns``: when the content was last written (default: now).
+        ``notes``: internal xattrs changed in the same transaction."""
 
         def op(txn):
             inode = self._inode(txn, ino)
             if inode is None:
                 raise FileNotFoundError(ino)
             self._delete_content(txn, ino)
-            self._put_chunks(txn, ino, data)
+            length = self._put_chunks(txn, ino, data)
             t = now_ns()
-            kind = PENDING if queue and data else VERBATIM
-            inode = replace(inode, kind=kind, size=len(data), stored=len(data), mtime_ns=mtime_ns or t, ctime_ns=t,
+            kind = PENDING if queue and length else VERBATIM
+            inode = replace(inode, kind=kind, size=length, stored=length, mtime_ns=mtime_ns or t, ctime_ns=t,
                             generation=inode.generation + 1)
             self._put(txn, inode)
+            self._put_notes(txn, ino, notes)
             if kind == PENDING:
                 txn.put(_key(ino), b"", db=self.db["pending"])
             else:
@@ -440,14 +520,22 @@ class Store:
         with self.reading() as txn:
             return txn.get(_key(ino), db=self.db["records"])
 
-    def pending(self, limit: int | None = None) -> list[int]:
+    def pending(self, limit: int | None = None, skip: Callable[[int], bool] | None = None) -> list[int]:
+        """Queued inodes in order, at most ``limit``, leaving out those ``skip`` names."""
         with self.reading() as txn:
             out = []
             for key, _ in txn.cursor(db=self.db["pending"]):
-                out.append(int.from_bytes(key, "big"))
+                ino = int.from_bytes(key, "big")
+                if skip is not None and skip(ino):
+                    continue
+                out.append(ino)
                 if limit and len(out) >= limit:
                     break
             return out
+
+    def is_pending(self, ino: int) -> bool:
+        with self.reading() as txn:
+            return txn.get(_key(ino), db=self.db["pending"]) is not None
 
     def finish_encode(self, ino: int, generation: int, record: bytes | None, output_length: int = 0,
                       notes: dict[bytes, bytes] | None = None) -> bool:
@@ -461,8 +549,7 @@ class Store:
                 txn.delete(_key(ino), db=self.db["pending"]) if inode is None else None
                 return False
             txn.delete(_key(ino), db=self.db["pending"])
-            for name, value in (notes or {}).items():
-                txn.put(_key(ino) + name, value, db=self.db["xattrs"])
+            self._put_notes(txn, ino, notes)
             if record is None:
                 self._put(txn, replace(inode, kind=VERBATIM))
                 return True

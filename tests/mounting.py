@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -24,11 +25,15 @@ def wait_for(predicate, timeout: float, what: str):
 
 @contextmanager
 def mounted(store: Path, mountpoint: Path, model: Path, *extra: str, timeout: float = 90,
-            command: list[str] | None = None, prefix: tuple[str, ...] = (), until=None):
+            command: list[str] | None = None, prefix: tuple[str, ...] = (), until=None, leave_stale: bool = False):
     """``command`` replaces the arguments after `sdfs -v` (e.g. a --config
     mount), ``prefix`` runs the daemon under a wrapper (e.g. setpriv), and
-    ``until`` replaces "the mountpoint is mounted" as the sign it is up."""
-    mountpoint.mkdir(parents=True, exist_ok=True)
+    ``until`` replaces "the mountpoint is mounted" as the sign it is up.
+    ``leave_stale``: when the block ends normally with the daemon killed,
+    leave its stale mount for the next mount to clear (what a user meets after
+    a crash); on any failure it is cleared all the same."""
+    if not _stale(mountpoint):
+        mountpoint.mkdir(parents=True, exist_ok=True)
     log = store.parent / f"daemon-{time.monotonic_ns()}.log"
     if command is None:
         command = ["mount", str(store), str(mountpoint), "--model", str(model), "--device", "cpu",
@@ -39,30 +44,38 @@ def mounted(store: Path, mountpoint: Path, model: Path, *extra: str, timeout: fl
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
     until = until or (lambda: os.path.ismount(mountpoint))
+    ended_normally = False
     try:
         wait_for(lambda: until() or proc.poll() is not None, timeout, "the mount")
         if proc.poll() is not None:
             raise RuntimeError(f"sdfs mount exited {proc.returncode}: {log.read_text()}")
         proc.log = log
         yield proc
+        ended_normally = True
     finally:
-        if os.path.ismount(mountpoint):
-            subprocess.run([FUSERMOUNT, "-u", str(mountpoint)], capture_output=True)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if os.path.ismount(mountpoint) or _stale(mountpoint):
-            subprocess.run([FUSERMOUNT, "-u", "-z", str(mountpoint)], capture_output=True)
+        if not (leave_stale and ended_normally and proc.poll() is not None and _stale(mountpoint)):
+            _unmount(mountpoint, proc)
+
+
+def _unmount(mountpoint: Path, proc: subprocess.Popen) -> None:
+    if os.path.ismount(mountpoint):
+        subprocess.run([FUSERMOUNT, "-u", str(mountpoint)], capture_output=True)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if os.path.ismount(mountpoint) or _stale(mountpoint):
+        subprocess.run([FUSERMOUNT, "-u", "-z", str(mountpoint)], capture_output=True)
 
 
 def _stale(mountpoint: Path) -> bool:
+    """A dead daemon's mount: every call on the path fails with ENOTCONN."""
     try:
         os.stat(mountpoint)
         return False
-    except OSError:
-        return True
+    except OSError as error:
+        return error.errno == errno.ENOTCONN
 
 
 def wait_encoded(root: Path, timeout: float = 300) -> None:

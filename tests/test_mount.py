@@ -1,5 +1,6 @@
 """The filesystem mounted for real, used with ordinary copy tools."""
 
+import errno
 import filecmp
 import io
 import os
@@ -96,7 +97,7 @@ def test_kill_9_loses_no_closed_file(tmp_path, factor8_vae_dir):
         finally:
             ten_closed.set()
 
-    with mounted(store, mnt, factor8_vae_dir) as daemon:
+    with mounted(store, mnt, factor8_vae_dir, leave_stale=True) as daemon:
         copier = threading.Thread(target=copy_until_it_breaks)
         copier.start()
         ten_closed.wait(timeout=120)
@@ -104,7 +105,11 @@ def test_kill_9_loses_no_closed_file(tmp_path, factor8_vae_dir):
         daemon.wait()
         copier.join(timeout=60)
         assert not copier.is_alive() and len(closed) >= 10
-    with mounted(store, mnt, factor8_vae_dir):  # clears the stale mount first
+    with pytest.raises(OSError) as stale:  # as a user finds it after a crash
+        os.stat(mnt)
+    assert stale.value.errno == errno.ENOTCONN
+    with mounted(store, mnt, factor8_vae_dir) as daemon:  # the first try clears the stale mount itself
+        assert "clearing the stale mount" in daemon.log.read_text()
         for name, source in closed:
             assert (mnt / name).exists(), name
         wait_encoded(mnt)
@@ -185,3 +190,41 @@ def test_eight_readers_of_an_uncached_file_cause_one_decode(tmp_path, tiny_vae_d
         assert len(set(contents)) == 1 and len(contents[0]) == size
         decodes = [line for line in daemon.log.read_text().splitlines() if f"decoded inode {ino} " in line]
         assert len(decodes) == 1, decodes
+
+
+def test_a_full_disk_gives_enospc_and_loses_no_closed_file(tmp_path, tiny_vae_dir):
+    """The store on a 48 MiB tmpfs: writes and closes fail with ENOSPC (not
+    EIO), every file whose close() returned reads back whole, also after a
+    remount, and the mount goes on working once space is freed."""
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(disk)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        store, mnt = disk / "store", tmp_path / "mnt"
+        closed, failures = {}, []
+        rng = np.random.default_rng(4)
+        with mounted(store, mnt, tiny_vae_dir) as daemon:
+            for i in range(30):  # 3 MiB files, and every third past the 8 MiB write buffer (it spills)
+                data = rng.bytes((10 if i % 3 == 2 else 3) << 20)
+                try:
+                    with open(mnt / f"f{i}.bin", "wb") as f:
+                        f.write(data)
+                    closed[f"f{i}.bin"] = data
+                except OSError as error:
+                    failures.append(error.errno)
+                    if len(failures) >= 3:
+                        break
+            assert failures and set(failures) == {errno.ENOSPC}, failures
+            assert len(closed) >= 2
+            for name, data in closed.items():
+                assert (mnt / name).stat().st_size == len(data) and (mnt / name).read_bytes() == data, name
+            for name in closed:  # space again: the mount works on
+                os.unlink(mnt / name)
+            (mnt / "after.txt").write_bytes(b"fine")
+            assert (mnt / "after.txt").read_bytes() == b"fine"
+            assert "Traceback" not in daemon.log.read_text()
+        with mounted(store, mnt, tiny_vae_dir):
+            assert (mnt / "after.txt").read_bytes() == b"fine"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])

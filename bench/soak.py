@@ -2,8 +2,9 @@
 """Soak test of the mounted filesystem: writers, readers and `ls` loops at once,
 a checker that knows what every file must hold, then kill -9 and a remount.
 
-Writers each own a set of names and create, overwrite (O_TRUNC), append,
-pwrite, rename and unlink them, with images (PNG, JPEG) and other bytes, now
+Writers each own a set of names and create, overwrite (O_TRUNC; also in
+bursts on one file, reopened as soon as it is closed), append, pwrite, rename
+and unlink them, with images (PNG, JPEG) and other bytes, now
 and then a file past the 8 MiB in-memory buffer, and fsync probes. Readers
 read whole files and check them: other bytes exactly; images at their honest
 length (st_size) and either the original bytes or a valid image of the same
@@ -76,14 +77,16 @@ class Expected:
         self.data, self.image, self.version = data, image, 0
 
 
-def judge(expected: Expected, content: bytes, size: int) -> str | None:
-    """None if ``content`` (``size`` from fstat) is what ``expected`` allows."""
+def judge(expected: Expected, content: bytes, size: int, kind: bytes) -> str | None:
+    """None if ``content`` (``size`` from fstat, ``kind`` from user.sdfs.kind)
+    is what ``expected`` allows: the bytes written, or for an image that is
+    now a latent, a valid image of the same format and size."""
     if len(content) != size:
         return f"read {len(content)} bytes, st_size says {size}"
     if content == expected.data:
         return None
-    if expected.image is None:
-        return f"{len(content)} bytes differ from the {len(expected.data)} written"
+    if expected.image is None or kind != b"latent":
+        return f"{len(content)} bytes differ from the {len(expected.data)} written ({kind.decode()} file)"
     fmt, dims = expected.image
     try:
         with Image.open(io.BytesIO(content)) as im:
@@ -139,8 +142,8 @@ class Soak:
         serial = 0
         while not self.stop.is_set():
             room = len(mine) < 12
-            op = rng.choices(["create", "overwrite", "append", "pwrite", "rename", "unlink", "fsync"],
-                             [3 * room, 4, 2, 2, 1, 1, room])[0]
+            op = rng.choices(["create", "overwrite", "rewrite burst", "append", "pwrite", "rename", "unlink", "fsync"],
+                             [3 * room, 4, 1, 2, 2, 1, 1, room])[0]
             names = [p for p, e in mine.items() if e.image is None] if op in ("append", "pwrite") else list(mine)
             if op not in ("create", "fsync") and not names:
                 continue
@@ -150,6 +153,11 @@ class Soak:
                     self._write_new(rng, mine, f"w{n}-{serial}", op == "fsync")
                 elif op == "overwrite":
                     self._overwrite(rng, mine, rng.choice(names), sync=rng.random() < 0.2)
+                elif op == "rewrite burst":  # close, then at once O_TRUNC again (as `cp` over a file does)
+                    path = rng.choice(names)
+                    for _ in range(5):
+                        self._overwrite(rng, mine, path, sync=False)
+                        self.check(path, mine[path])  # each version, read back at once
                 elif op in ("append", "pwrite"):
                     self._modify(rng, mine, rng.choice(names), op)
                 elif op == "rename":
@@ -271,18 +279,16 @@ class Soak:
                 time.sleep(0.05)
                 continue
             path, entry = rng.choice(files)
-            self.check(path, entry, during_load=True)
+            self.check(path, entry)
+            time.sleep(0.01)  # paced, so that writers get their share of one daemon
 
-    def check(self, path: str, entry: Expected, during_load: bool) -> bool:
+    def check(self, path: str, entry: Expected) -> bool:
         before = entry.version
         if before % 2:
             self.races["read while written"] += 1
             return True
         try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                content = f.read()
-                size_after = os.fstat(f.fileno()).st_size
+            content, size, size_after, kind = read_whole(path)
         except OSError as error:
             if entry.version != before or self.registry.files.get(path) is not entry:
                 self.races["file changed during read"] += 1
@@ -293,7 +299,7 @@ class Soak:
             self.races["file changed during read"] += 1
             return True
         self.count("read")
-        why = judge(entry, content, size) or (None if size == size_after else f"st_size {size} then {size_after}")
+        why = judge(entry, content, size, kind) or (None if size == size_after else f"st_size {size} then {size_after}")
         if why:
             self.mismatch(path, why)
         return why is None
@@ -314,19 +320,28 @@ class Soak:
                 except OSError as error:
                     self.error("stat", error)
             self.count("ls")
+            time.sleep(0.2)
 
 
 # -- running it
 
 
-def rss_mb(pid: int) -> float | None:
+def rss_mb(pid: int) -> tuple[float, float] | None:
+    """Resident memory of the daemon: all of it, and the anonymous part (its
+    heap; the rest is mostly LMDB's memory map, pages the kernel can drop)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["RssAnon"].split()[0]) / 1024
+    except (OSError, KeyError):
         return None
-    return None
+
+
+def read_whole(path: str) -> tuple[bytes, int, int, bytes]:
+    """Content, st_size before and after the read, and user.sdfs.kind, all through one descriptor."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        content = f.read()
+        return content, size, os.fstat(f.fileno()).st_size, os.getxattr(f.fileno(), "user.sdfs.kind")
 
 
 def verify_all(soak: Soak) -> dict:
@@ -335,24 +350,24 @@ def verify_all(soak: Soak) -> dict:
         if not os.path.exists(path):
             lost.append(path)
             continue
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            content = f.read()
-        why = judge(entry, content, size)
+        content, size, _, kind = read_whole(path)
+        why = judge(entry, content, size, kind)
         if why:
             wrong.append({"path": path, "why": why})
     return {"files": len(soak.registry.files), "lost": lost, "mismatches": wrong}
 
 
-def plot(report: dict, rss: list[tuple[float, float]], timeline: list[tuple[float, int]], path: Path) -> None:
+def plot(report: dict, rss: list[tuple[float, float, float]], timeline: list[tuple[float, int]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    top.plot([t for t, _ in rss], [m for _, m in rss])
-    top.set_ylabel("daemon RSS (MB)")
+    top.plot([r[0] for r in rss], [r[1] for r in rss], label="resident, all")
+    top.plot([r[0] for r in rss], [r[2] for r in rss], label="anonymous (heap)")
+    top.set_ylabel("daemon memory (MB)")
+    top.legend(loc="lower right")
     top.set_title(f"sdfs soak: {report['writers']} writers, {report['readers']} readers, "
                   f"{report['seconds']:.0f} s, {len(report['mismatches'])} mismatches")
     bottom.plot([t for t, _ in timeline], [n for _, n in timeline])
@@ -391,7 +406,7 @@ def main(argv=None) -> int:
 def run(args, seconds: float, work: Path) -> int:
     store, mnt = work / "store", work / "mnt"
     soak = Soak(mnt, args, make_images(16, args.seed))
-    rss: list[tuple[float, float]] = []
+    rss: list[tuple[float, float, float]] = []  # (elapsed, total MB, anonymous MB)
     with mounted(store, mnt, Path(args.model), leave_stale=True) as daemon:
         threads = [threading.Thread(target=soak.writer, args=(i,), name=f"writer-{i}") for i in range(args.writers)]
         threads += [threading.Thread(target=soak.reader, args=(i,), name=f"reader-{i}") for i in range(args.readers)]
@@ -402,24 +417,28 @@ def run(args, seconds: float, work: Path) -> int:
         while (elapsed := time.monotonic() - started) < seconds:
             memory = rss_mb(daemon.pid)
             if memory is not None:
-                rss.append((elapsed, memory))
+                rss.append((elapsed, *memory))
             soak.timeline.append((elapsed, sum(soak.ops.values())))
             if int(elapsed) % 30 == 0 and rss:
-                print(f"soak: {elapsed:4.0f} s, {sum(soak.ops.values()):,} operations, "
+                print(f"soak: {elapsed:4.0f} s of {seconds:.0f}, {sum(soak.ops.values()):,} operations, "
                       f"{len(soak.mismatches)} mismatches, RSS {rss[-1][1]:.0f} MB", file=sys.stderr, flush=True)
             time.sleep(1)
         soak.stop.set()
         for t in threads:
             t.join(timeout=300)
         final = verify_all(soak)  # every file once more, through the running mount
-        rss.append((time.monotonic() - started, rss_mb(daemon.pid) or 0))
+        rss.append((time.monotonic() - started, *(rss_mb(daemon.pid) or (0, 0))))
         pending = json.loads(os.getxattr(mnt, "user.sdfs.daemon"))["pending"]
         os.kill(daemon.pid, signal.SIGKILL)  # with the queue still in hand
         daemon.wait()
         log_text = daemon.log.read_text(errors="replace")
-    with mounted(store, mnt, Path(args.model)) as again:
-        after = verify_all(soak)
-        log_text += again.log.read_text(errors="replace")
+    try:
+        with mounted(store, mnt, Path(args.model)) as again:
+            after = verify_all(soak)
+            log_text += again.log.read_text(errors="replace")
+    except RuntimeError as error:  # the mount would not come back: everything counts as lost
+        after = {"files": len(soak.registry.files), "lost": [p for p, _ in soak.registry.snapshot()],
+                 "mismatches": [], "remount_error": str(error)[-500:]}
     report = {
         "seconds": round(seconds, 1), "writers": args.writers, "readers": args.readers, "model": args.model,
         "operations": dict(soak.ops), "errors_by_errno": dict(soak.errors), "races_not_judged": dict(soak.races),
@@ -428,11 +447,12 @@ def run(args, seconds: float, work: Path) -> int:
         "fsync_ms": {"count": len(soak.fsync_s),
                      "median": round(1000 * float(np.median(soak.fsync_s)), 1) if soak.fsync_s else None,
                      "max": round(1000 * max(soak.fsync_s), 1) if soak.fsync_s else None},
-        "daemon_rss_mb": {"start": round(rss[0][1]), "peak": round(max(m for _, m in rss)), "end": round(rss[-1][1])}
-        if rss else {},
+        "daemon_rss_mb": {"start": round(rss[0][1]), "peak": round(max(r[1] for r in rss)), "end": round(rss[-1][1]),
+                          "anonymous_start": round(rss[0][2]), "anonymous_peak": round(max(r[2] for r in rss)),
+                          "anonymous_end": round(rss[-1][2])} if rss else {},
         "pending_at_kill": pending,
         "after_kill_9": {"files": after["files"], "lost": len(after["lost"]), "lost_paths": after["lost"][:20],
-                         "mismatches": after["mismatches"][:20]},
+                         "mismatches": after["mismatches"][:20], "remount_error": after.get("remount_error")},
         "daemon_tracebacks": log_text.count("Traceback"),
     }
     (args.out / "soak.json").write_text(json.dumps(report, indent=2))

@@ -24,7 +24,7 @@ def test_short_soak_finds_nothing_and_loses_nothing(tmp_path, tiny_vae_dir):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     ops = report["operations"]
     # every kind of operation ran, and readers judged files many times over
-    assert all(ops.get(kind, 0) > 0 for kind in ("create", "overwrite", "append", "pwrite", "rename", "unlink", "fsync"))
+    assert all(ops.get(kind, 0) > 0 for kind in ("create", "overwrite", "rewrite burst", "append", "pwrite", "rename", "unlink", "fsync"))
     assert ops["read"] > 100 and ops["ls"] > 10
     assert report["mismatch_count"] == 0 and report["errors_by_errno"] == {}
     assert report["final_check"]["files"] > 0 and report["final_check"]["lost"] == 0

@@ -122,13 +122,17 @@ class Filesystem:
             finally:
                 self._lock.release()
             return
-        with file.lock:
-            self._lock.release()  # new handles join this OpenFile, whose lock we hold
-            if file.buffer is None:
-                inode = self.store.inode(ino)
-                if inode is not None and inode.generation == generation:  # else the commit is refused anyway
-                    file.buffer = self._filled_buffer(inode)
-            yield
+        file.refs += 1  # keeps it registered: handles opened meanwhile join it, and wait for its lock
+        self._lock.release()
+        try:
+            with file.lock:
+                if file.buffer is None:
+                    inode = self.store.inode(ino)
+                    if inode is not None and inode.generation == generation:  # else the commit is refused anyway
+                        file.buffer = self._filled_buffer(inode)
+                yield
+        finally:
+            self._unref(file, None)
 
     def _dirty_files(self) -> frozenset[int]:
         """Files whose buffers hold changes the store does not have: encoding
@@ -410,16 +414,20 @@ class Filesystem:
     def release(self, path: str, fh: int) -> None:
         with self._lock:
             handle = self._handles.pop(fh, None)
-            if handle is None:
-                return
-            file = handle.file
+        if handle is not None:
+            self._unref(handle.file, path)
+
+    def _unref(self, file: OpenFile, path: str | None) -> None:
+        """Drop one reference; the last one commits what is left and closes the buffer."""
+        with self._lock:
             file.refs -= 1
             if file.refs:
                 return
         try:
             self._commit(file, path)  # changes no flush() saw (written through mmap, say)
         except OSError as error:  # nobody is left to tell: say it loudly
-            log.error("%s: changes made since its last close() could not be stored: %s", path, error.strerror)
+            log.error("%s: changes made since its last close() could not be stored: %s",
+                      path or f"inode {file.ino}", error.strerror)
         finally:
             with self._lock:
                 closing = file.refs == 0 and self._open.get(file.ino) is file

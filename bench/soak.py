@@ -411,7 +411,7 @@ def run(args, seconds: float, work: Path) -> int:
         threads = [threading.Thread(target=soak.writer, args=(i,), name=f"writer-{i}") for i in range(args.writers)]
         threads += [threading.Thread(target=soak.reader, args=(i,), name=f"reader-{i}") for i in range(args.readers)]
         threads += [threading.Thread(target=soak.lister, name="ls")]
-        started = time.monotonic()
+        started = shown = time.monotonic()
         for t in threads:
             t.start()
         while (elapsed := time.monotonic() - started) < seconds:
@@ -419,7 +419,8 @@ def run(args, seconds: float, work: Path) -> int:
             if memory is not None:
                 rss.append((elapsed, *memory))
             soak.timeline.append((elapsed, sum(soak.ops.values())))
-            if int(elapsed) % 30 == 0 and rss:
+            if time.monotonic() - shown >= 30 and rss:
+                shown = time.monotonic()
                 print(f"soak: {elapsed:4.0f} s of {seconds:.0f}, {sum(soak.ops.values()):,} operations, "
                       f"{len(soak.mismatches)} mismatches, RSS {rss[-1][1]:.0f} MB", file=sys.stderr, flush=True)
             time.sleep(1)

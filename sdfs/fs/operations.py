@@ -20,8 +20,12 @@ def _translated(method):
             raise
         except OSError as error:
             raise FuseOSError(error.errno or errno.EIO) from None
-        except Exception:
-            log.exception("internal error in %s", method.__name__)
+        except MemoryError:
+            log.error("out of memory in %s %s", method.__name__, args[:1])
+            raise FuseOSError(errno.ENOMEM) from None
+        except Exception as error:  # a bug: the caller gets EIO, the log says where (-vv: the traceback)
+            log.error("internal error in %s %s: %s: %s", method.__name__, args[:1], type(error).__name__, error)
+            log.debug("traceback", exc_info=True)
             raise FuseOSError(errno.EIO) from None
 
     call.__name__ = method.__name__

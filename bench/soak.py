@@ -19,7 +19,7 @@ returned must be there, whole.
 
 Prints one JSON report (also written to OUT/soak.json, with OUT/soak.png of
 the daemon's memory and the operations over time); exits 1 on any mismatch,
-unexpected errno, lost file or traceback in the daemon's log. Without
+unexpected errno, lost file, or error line or traceback in the daemon's log. Without
 --model a tiny random-weight VAE is built (the mechanics are what is tested).
 """
 
@@ -455,12 +455,13 @@ def run(args, seconds: float, work: Path) -> int:
         "after_kill_9": {"files": after["files"], "lost": len(after["lost"]), "lost_paths": after["lost"][:20],
                          "mismatches": after["mismatches"][:20], "remount_error": after.get("remount_error")},
         "daemon_tracebacks": log_text.count("Traceback"),
+        "daemon_error_lines": [line for line in log_text.splitlines() if "ERROR:" in line][:20],
     }
     (args.out / "soak.json").write_text(json.dumps(report, indent=2))
     plot(report, rss, soak.timeline, args.out / "soak.png")
     print(json.dumps(report, indent=2))
     bad = (report["mismatch_count"] or report["errors_by_errno"] or final["lost"] or final["mismatches"]
-           or after["lost"] or after["mismatches"] or report["daemon_tracebacks"])
+           or after["lost"] or after["mismatches"] or report["daemon_tracebacks"] or report["daemon_error_lines"])
     return 1 if bad else 0
 
 

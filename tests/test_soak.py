@@ -30,4 +30,5 @@ def test_short_soak_finds_nothing_and_loses_nothing(tmp_path, tiny_vae_dir):
     assert report["final_check"]["files"] > 0 and report["final_check"]["lost"] == 0
     assert report["after_kill_9"]["files"] == report["final_check"]["files"] and report["after_kill_9"]["lost"] == 0
     assert report["after_kill_9"]["mismatches"] == [] and report["daemon_tracebacks"] == 0
+    assert report["daemon_error_lines"] == []
     assert (tmp_path / "soak.png").stat().st_size > 0

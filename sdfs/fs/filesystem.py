@@ -92,7 +92,9 @@ class Filesystem:
         self.store = store
         self.codec = codec
         self.encoder = encoder
-        self.cache = LRUCache(maxsize=cache_bytes, getsizeof=len)
+        # one entry per inode, (generation, reconstruction): a rewritten file's
+        # old reconstruction goes at once instead of ageing out of the LRU
+        self.cache = LRUCache(maxsize=cache_bytes, getsizeof=lambda entry: len(entry[1]))
         self.cache_hits = self.cache_misses = 0
         self.decodes = 0
         self._cache_lock = threading.Lock()
@@ -275,6 +277,11 @@ class Filesystem:
             if ino in self._open:
                 return  # purged at the last release
         self.store.purge(ino)
+        self._forget(ino)
+
+    def _forget(self, ino: int) -> None:
+        with self._cache_lock:
+            self.cache.pop(ino, None)
 
     # -- files
 
@@ -406,6 +413,7 @@ class Filesystem:
         with store_errors(path or ""):
             self.store.stage(ino, content, queue=self.encoder is not None, mtime_ns=mtime_ns,
                              notes=staged_notes(length))
+        self._forget(ino)
         if self.encoder is not None:
             if path:
                 self.encoder.remember_name(ino, path)
@@ -460,7 +468,8 @@ class Filesystem:
         miss (the first read of an open file; later reads are not lookups)."""
         key = (inode.ino, inode.generation)
         with self._cache_lock:
-            cached = self.cache.get(key)
+            entry = self.cache.get(inode.ino)
+            cached = entry[1] if entry is not None and entry[0] == inode.generation else None
             in_flight = self._decoding.get(key) if cached is None else None
             owner = cached is None and in_flight is None
             if owner:
@@ -481,7 +490,7 @@ class Filesystem:
             in_flight.set_result(content)
             with self._cache_lock:
                 if len(content) <= self.cache.maxsize:
-                    self.cache[key] = content
+                    self.cache[inode.ino] = (inode.generation, content)
             return content
         finally:
             with self._cache_lock:

@@ -107,12 +107,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from .fs.mount import clear_stale_only, unmount
+    from .fs.mount import clear_stale_only, umount_command
 
     if args.stale:
         clear_stale_only(args.mountpoint)
     else:
-        unmount(args.mountpoint)
+        umount_command(args.mountpoint)
     return 0
 
 

@@ -37,6 +37,22 @@ def sdfs_mounts() -> list[tuple[Path, Path]]:
     return mounts
 
 
+def mount_type(path: Path) -> str | None:
+    """The filesystem type mounted at ``path`` (e.g. "fuse.sdfs"), or None."""
+    target = Path(os.path.realpath(path))
+    found = None
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:  # the last mount on a path is the one in effect
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) >= 5 and tail and Path(_unescape(fields[4])) == target:
+            found = tail[0]
+    return found
+
+
 def store_of(mountpoint: Path) -> Path | None:
     target = Path(os.path.realpath(mountpoint))
     return next((store for point, store in sdfs_mounts() if point == target), None)

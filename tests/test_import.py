@@ -88,7 +88,8 @@ def test_kodak_import_twice_stats_agree_then_mount_sync_and_cache(tmp_path, fact
 
     stats = stats_json(store)
     assert stats["files"]["latent"] == kodak and stats["files"]["verbatim"] == 2
-    assert stats["verdicts"] == {"latent": kodak, "kept_original_below_floor": 0, "verbatim_not_a_candidate": 2}
+    assert stats["verdicts"] == {"latent": kodak, "kept_original_below_floor": 0, "kept_original_not_smaller": 0,
+                                 "verbatim_not_a_candidate": 2}
     assert stats["bytes"]["written"] == sum(p.stat().st_size for p in regular)
     assert stats["bytes"]["stored"] == sum(i.stored for i in files.values() if not i.is_dir and i.kind != 5)
     assert stats["bytes"]["savings_ratio"] == pytest.approx(stats["bytes"]["written"] / stats["bytes"]["stored"], rel=1e-3)

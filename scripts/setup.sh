@@ -10,7 +10,9 @@ if command -v apt-get >/dev/null; then
     apt-get update -qq
     # fuse3/libfuse2: the mount; rsync and libglib2.0-bin (gio): copy-tool tests;
     # systemd: `systemd-analyze verify` of the unit (a test)
-    apt-get install -y -qq fuse3 libfuse2 rsync libglib2.0-bin systemd >/dev/null
+    apt-get install -y -qq fuse3 rsync libglib2.0-bin systemd >/dev/null
+    # libfuse 2 for fusepy: libfuse2, renamed libfuse2t64 on Ubuntu 24.04 and later
+    apt-get install -y -qq libfuse2 >/dev/null 2>&1 || apt-get install -y -qq libfuse2t64 >/dev/null
 fi
 
 # Without a GPU, take the CPU build of torch first: an unpinned torch pulls a
@@ -19,4 +21,11 @@ if ! command -v nvidia-smi >/dev/null && ! python3 -c "import torch" 2>/dev/null
     python3 -m pip install -q "torch==2.13.0"
 fi
 python3 -m pip install -q -e ".[test]"
+
+# `sdfs mount` loads libfuse 2 through fusepy; say now, not at the first mount
+if ! python3 -c "import ctypes.util, sys; sys.exit(ctypes.util.find_library('fuse') is None)"; then
+    echo "setup: libfuse 2 (libfuse.so.2) is missing and sdfs mount needs it: install libfuse2" \
+         "(Debian, Ubuntu; libfuse2t64 on Ubuntu 24.04+) or fuse-libs (Fedora), then run this again" >&2
+    exit 1
+fi
 echo "sdfs installed: $(command -v sdfs)"

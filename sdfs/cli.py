@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import SdfsError
+from .errors import SdfsError, UsageError
 
 log = logging.getLogger("sdfs")
 
@@ -87,11 +87,30 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+# what an output name's extension promises; a record decodes to its original's format
+_IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jfif": "JPEG",
+                   ".webp": "WebP", ".gif": "GIF", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
+                   ".avif": "AVIF", ".heic": "HEIC"}
+_SUFFIX_FOR = {"PNG": ".png", "JPEG": ".jpg"}
+
+
+def _check_output_name(record_path: Path, image: Path, fmt: str) -> None:
+    """A record gives back an image in its original's format; an output name
+    that promises another (a PNG under out.jpg) is refused, not written."""
+    promised = _IMAGE_SUFFIXES.get(image.suffix.lower())
+    if promised is not None and promised != fmt:
+        raise UsageError(
+            f"{record_path} decodes to a {fmt} image (the original's format), not {promised}: "
+            f"name the output {image.with_suffix(_SUFFIX_FOR.get(fmt, image.suffix)).name}, or convert it afterwards"
+        )
+
+
 def cmd_decode(args: argparse.Namespace) -> int:
     from .codec import container
 
     data = _read_input(args.record)
     record = container.unpack(data)  # refuse corrupt records before loading a model
+    _check_output_name(args.record, args.image, record.spec.format)
     image = _load_codec(args).decode(data)
     _write_output(args.image, image)
     figures = record.measurement_for(args.decoder)
@@ -107,12 +126,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from .fs.mount import clear_stale_only, unmount
+    from .fs.mount import clear_stale_only, umount_command
 
     if args.stale:
         clear_stale_only(args.mountpoint)
     else:
-        unmount(args.mountpoint)
+        umount_command(args.mountpoint)
     return 0
 
 

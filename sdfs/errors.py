@@ -7,6 +7,12 @@ class SdfsError(Exception):
     exit_code = 1
 
 
+class UsageError(SdfsError):
+    """The command line asks for something that cannot be done as asked."""
+
+    exit_code = 2
+
+
 class NotACandidate(SdfsError):
     """Input bytes that must be stored verbatim rather than as latents."""
 

@@ -823,10 +823,14 @@ def decode_problems(store: Store, args) -> list[Problem]:
     if not latents:
         return []
     codec = _load_matching_codec(store, args)
+    _note_busy_mount(store)
     problems = []
+    # the VAE's own batch size: 1 on a CPU (no gain from batching there, and
+    # progress moves with every record), more on a GPU
+    size = max(1, min(DECODE_BATCH, getattr(codec.vae, "batch_size", DECODE_BATCH)))
     with Progress(len(latents), sum(i.size for i in latents), what="decoding") as progress:
-        for start in range(0, len(latents), DECODE_BATCH):
-            batch = latents[start : start + DECODE_BATCH]
+        for start in range(0, len(latents), size):
+            batch = latents[start : start + size]
             records = [store.record(inode.ino) for inode in batch]
             sound = [(i, r) for i, r in zip(batch, records) if r is not None and _is_sound(r)]
             outputs = codec.decode_many([r for _, r in sound]) if sound else []
@@ -839,6 +843,24 @@ def decode_problems(store: Store, args) -> list[Problem]:
     for problem in problems:
         problem.path = paths.get(problem.ino)
     return problems
+
+
+def _note_busy_mount(store: Store) -> None:
+    """Decoding beside a mount that is still encoding shares the CPU with it,
+    and both run several times slower: say so, and how to avoid it."""
+    from .fs.control import daemon_state, mount_of
+
+    mountpoint = mount_of(store.path)
+    if mountpoint is None:
+        return
+    try:
+        pending = daemon_state(mountpoint)["pending"]
+    except (SdfsError, KeyError, ValueError):
+        return
+    if pending:
+        print(f"sdfs: note: the mount at {mountpoint} is still encoding {pending} files; decoding beside it "
+              f"shares the processor and both run slower (`sdfs sync {mountpoint}` first to wait for it)",
+              file=sys.stderr)
 
 
 def _is_sound(record: bytes) -> bool:

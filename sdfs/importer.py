@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SdfsError
-from .ingest import KEEP_ORIGINAL, SOURCE, judge, model_for_store
+from .ingest import BELOW_FLOOR, KEEP_ORIGINAL, KEPT_WHY_TEXT, NOT_SMALLER, SOURCE, judge, kept_original_why, model_for_store
 from .progress import Progress, human_bytes
 from .store import DIR, ROOT, SYMLINK, NewFile, Store
 from .store.lock import StoreLock
@@ -57,7 +57,8 @@ class Plan:
 @dataclass
 class Summary:
     latent: int = 0
-    kept_original: int = 0
+    kept_below_floor: int = 0  # images the fidelity guard kept as they were
+    kept_not_smaller: int = 0  # images whose latent record would not have been smaller
     verbatim: int = 0
     failed: int = 0
     bytes_in: int = 0
@@ -266,7 +267,10 @@ def _import_batch(codec, store: Store, batch: list[Entry], dirs: dict, summary: 
         if outcome.record is not None:
             summary.latent += 1
         elif outcome.verdict.startswith(KEEP_ORIGINAL):
-            summary.kept_original += 1
+            if kept_original_why(outcome.verdict) == NOT_SMALLER:
+                summary.kept_not_smaller += 1
+            else:
+                summary.kept_below_floor += 1
         else:  # STORED_VERBATIM
             summary.verbatim += 1
         summary.bytes_in += len(data)
@@ -277,10 +281,12 @@ def _import_batch(codec, store: Store, batch: list[Entry], dirs: dict, summary: 
 
 
 def _print_summary(s: Summary, plan: Plan, seconds: float, store_path: Path) -> None:
-    done = s.latent + s.kept_original + s.verbatim
+    done = s.latent + s.kept_below_floor + s.kept_not_smaller + s.verbatim
     ratio = f", {s.bytes_in / s.bytes_stored:.1f}x smaller" if s.bytes_stored else ""
+    kept = [f"{n} kept original ({KEPT_WHY_TEXT[why]})"
+            for n, why in ((s.kept_below_floor, BELOW_FLOOR), (s.kept_not_smaller, NOT_SMALLER)) if n]
     print(f"imported {done} files into {store_path} in {seconds:.1f} s: {s.latent} as latents, "
-          f"{s.kept_original} kept original (below the fidelity floor), {s.verbatim} verbatim (not images sdfs takes)")
+          + ", ".join(kept or ["0 kept original"]) + f", {s.verbatim} verbatim (not images sdfs takes)")
     print(f"  {human_bytes(s.bytes_in)} read, {human_bytes(s.bytes_stored)} stored{ratio}; "
           f"{plan.already_in} already in; {len(plan.links)} links; {s.failed + len(plan.skipped)} skipped or failed",
           file=sys.stdout)

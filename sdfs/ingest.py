@@ -21,8 +21,21 @@ SOURCE = b"sdfs.source"
 
 # verdict prefixes; `sdfs stats` counts files by them
 KEEP_LATENT = "keep latent"
-KEEP_ORIGINAL = "keep original"  # an image the guard found too far from its reconstruction
+KEEP_ORIGINAL = "keep original"  # an image the guard kept as it was: see kept_original_why
 STORED_VERBATIM = "stored verbatim"  # not an image, or one sdfs does not take (damaged, 16-bit, …)
+
+# why an image was kept as it was (the keys of `sdfs stats --json` verdicts)
+BELOW_FLOOR = "below_floor"  # too far from its reconstruction
+NOT_SMALLER = "not_smaller"  # the latent record would not have been smaller than the file
+KEPT_WHY_TEXT = {BELOW_FLOOR: "below the fidelity floor", NOT_SMALLER: "the latent was not smaller"}
+
+
+def kept_original_why(verdict: str) -> str:
+    """BELOW_FLOOR or NOT_SMALLER for a "keep original: ..." verdict (the
+    reason's wording is the guard's, see guard.decide)."""
+    from .codec.guard import NOT_SMALLER as not_smaller_reason
+
+    return NOT_SMALLER if not_smaller_reason in verdict else BELOW_FLOOR
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,12 @@ the ETA is estimated from files). ``advance`` takes deltas.
 
 Where it goes:
 
-* stderr is a terminal: a tqdm bar (files done/total, MB/s, ETA), removed
-  when the job ends.
+* stderr is a terminal: a tqdm bar (files done/total, files/s, bytes/s, ETA),
+  removed when the job ends.
 * stderr is not a terminal (logs, systemd, CI): one plain line at most every
   ``interval`` seconds (default 10), e.g.
-  ``sdfs: decoding: 120/1000 files, 3.1 MB/s, ETA 2m05s``, and a final
+  ``sdfs: decoding: 120/1000 files, 3.1 MB/s, 2.4 files/s, ETA 2m05s`` (a slow
+  job: ``..., 24.0 kB/s, 25.3 s a file, ...``: units follow the rate), and a final
   ``done`` line only when at least one progress line was printed, so short
   jobs stay silent.
 * ``enabled=False`` shows nothing (for callers with a --quiet flag).
@@ -115,8 +116,14 @@ class Progress:
         return f"{self.files}/{self.total_files} files"
 
     def _rate(self) -> str:
+        """Bytes and files per second in units that suit them: a CPU encoding
+        a photo a minute moves kB/s, never "0.0 MB/s"."""
         elapsed = max(time.monotonic() - self._started, 1e-9)
-        return f"{self.nbytes / elapsed / 1e6:.1f} MB/s"
+        rate = f"{human_bytes(self.nbytes / elapsed)}/s"
+        if not self.files:
+            return rate
+        per_second = self.files / elapsed
+        return rate + (f", {per_second:.1f} files/s" if per_second >= 1 else f", {elapsed / self.files:.1f} s a file")
 
     def _eta(self) -> float | None:
         elapsed = time.monotonic() - self._started

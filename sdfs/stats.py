@@ -17,7 +17,8 @@ from pathlib import Path
 from .codec import container
 from .errors import RecordError
 from .fs.control import daemon_state, mount_of, store_of
-from .ingest import KEEP_LATENT, KEEP_ORIGINAL, ORIGINAL_BYTES, STORED_VERBATIM, VERDICT
+from .ingest import (BELOW_FLOOR, KEEP_LATENT, KEEP_ORIGINAL, KEPT_WHY_TEXT, NOT_SMALLER, ORIGINAL_BYTES,
+                     STORED_VERBATIM, VERDICT, kept_original_why)
 from .progress import human_bytes
 from .store import DIR, KIND_NAMES, LATENT, SYMLINK, Inode, Store
 from .store.store import _key
@@ -65,7 +66,8 @@ def collect(store: Store) -> dict:
                 continue
             verdict = (txn.get(_key(inode.ino) + VERDICT, db=xattrs) or b"").decode(errors="replace")
             if verdict:
-                verdicts[verdict.split(":", 1)[0]] += 1
+                prefix = verdict.split(":", 1)[0]
+                verdicts[f"{prefix}:{kept_original_why(verdict)}" if prefix == KEEP_ORIGINAL else prefix] += 1
             original = txn.get(_key(inode.ino) + ORIGINAL_BYTES, db=xattrs)
             bytes_in[kind] += int(original) if original else inode.size
             bytes_stored[kind] += inode.stored
@@ -89,7 +91,8 @@ def collect(store: Store) -> dict:
         "files": dict(files),
         "verdicts": {
             "latent": verdicts[KEEP_LATENT],
-            "kept_original_below_floor": verdicts[KEEP_ORIGINAL],
+            "kept_original_below_floor": verdicts[f"{KEEP_ORIGINAL}:{BELOW_FLOOR}"],
+            "kept_original_not_smaller": verdicts[f"{KEEP_ORIGINAL}:{NOT_SMALLER}"],
             "verbatim_not_a_candidate": verdicts[STORED_VERBATIM],
         },
         "bytes": {
@@ -156,7 +159,9 @@ def render(report: dict) -> str:
         f"  {'directories, links':<26}{files.get('directory', 0) + files.get('symlink', 0):>9,}",
         f"  LMDB file {human_bytes(b['lmdb_file'])}, {human_bytes(b['lmdb_used'])} in use",
         "",
-        f"verdicts   {verdicts['latent']:,} latent; {verdicts['kept_original_below_floor']:,} kept original (below the fidelity floor); "
+        f"verdicts   {verdicts['latent']:,} latent; "
+        f"{verdicts['kept_original_below_floor']:,} kept original ({KEPT_WHY_TEXT[BELOW_FLOOR]}); "
+        f"{verdicts['kept_original_not_smaller']:,} kept original ({KEPT_WHY_TEXT[NOT_SMALLER]}); "
         f"{verdicts['verbatim_not_a_candidate']:,} verbatim (not images sdfs takes)",
     ]
     if files.get("unlinked, still open"):

@@ -11,7 +11,10 @@ import pytest
 # Never let a test reach for the hub, even on a connected machine.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "kodak"
+# Kodak crops carried by the repository (tests/data/kodak/README.md): the tests
+# need nothing beside the clone.
+KODAK = Path(__file__).resolve().parent / "data" / "kodak"
+KODAK_INDICES = tuple(sorted(int(p.stem.removeprefix("kodim")) for p in KODAK.glob("kodim*.png")))
 
 
 @pytest.fixture(scope="session")
@@ -53,8 +56,8 @@ def kodak_image(index: int = 23) -> np.ndarray:
     from PIL import Image
 
     path = KODAK / f"kodim{index:02d}.png"
-    if not path.exists():
-        pytest.skip(f"benchmark images not found at {KODAK}")
+    if not path.exists():  # a plain error, never a skip: a skip at import time stops collection
+        raise FileNotFoundError(f"test image {path} is missing; the repository carries {KODAK_INDICES}")
     return np.asarray(Image.open(path).convert("RGB"))
 
 

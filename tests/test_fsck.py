@@ -405,7 +405,7 @@ def test_progress_prints_plain_lines_when_not_a_terminal():
         for _ in range(4):
             progress.advance(files=1, nbytes=1000)
     lines = stream.getvalue().splitlines()
-    assert lines[0].startswith("sdfs: decoding: 1/4 files, ") and "MB/s" in lines[0] and "ETA" in lines[0]
+    assert lines[0].startswith("sdfs: decoding: 1/4 files, ") and "B/s" in lines[0] and "ETA" in lines[0]
     assert "done in" in lines[-1]
     quiet = io.StringIO()
     with Progress(4, what="scanning", stream=quiet, interval=3600) as progress:

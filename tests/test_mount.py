@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import KODAK
+from tests.conftest import KODAK, KODAK_INDICES
 from tests.images_factory import CANDIDATES
 from tests.mounting import assert_sizes_honest, mounted, wait_encoded, wait_for
 
@@ -42,9 +42,10 @@ VERBATIM = ("notes.txt", "truncated.png", "deep.png", "random.jpg")
 
 
 def test_copy_tools_sizes_and_remount(tmp_path, factor8_vae_dir):
-    """All 24 Kodak images through five copy tools (a factor-8 test VAE keeps
-    the CPU encode to ~2 s a file)."""
-    src = _sources(tmp_path, kodak=range(1, 25))
+    """Every Kodak crop the repository carries (eight, one at 512x512) with
+    the byte-exact files, through five copy tools (a factor-8 test VAE keeps
+    the CPU encode to about a second a file)."""
+    src = _sources(tmp_path, kodak=KODAK_INDICES)
     store, mnt = tmp_path / "store", tmp_path / "mnt"
     with mounted(store, mnt, factor8_vae_dir):
         subprocess.run(["cp", "-r", str(src), str(mnt / "cp")], check=True)
@@ -54,7 +55,9 @@ def test_copy_tools_sizes_and_remount(tmp_path, factor8_vae_dir):
         if shutil.which("gio"):
             (mnt / "gio").mkdir()
             subprocess.run(["gio", "copy", str(src / "k7.png"), str(mnt / "gio" / "k7.png")], check=True)
-        copies = 4 * 29 + (1 if shutil.which("gio") else 0)
+        per_tree = sum(1 for p in src.rglob("*") if p.is_file())
+        assert per_tree == len(KODAK_INDICES) + 5 >= 13
+        copies = 4 * per_tree + (1 if shutil.which("gio") else 0)
         assert assert_sizes_honest(mnt) == copies  # before encoding: staged originals
         wait_encoded(mnt, timeout=1200)
         assert assert_sizes_honest(mnt) == copies  # after encoding: reconstructions

@@ -53,6 +53,12 @@ class Floor:
         return f"PSNR {self.psnr:g} dB, SSIM {self.ssim:g}"
 
 
+# the reason a verdict gives when the latent would not save space; `sdfs stats`
+# and `sdfs import` count these apart from images below the fidelity floor
+NOT_SMALLER = "is not smaller than the original"
+BELOW_FLOOR = "is below the floor"
+
+
 @dataclass(frozen=True)
 class Verdict:
     keep_latent: bool
@@ -140,9 +146,9 @@ def measure(reference: np.ndarray, test: np.ndarray) -> Fidelity:
 
 def decide(fidelity: Fidelity, floor: Floor, record_bytes: int, original_bytes: int) -> Verdict:
     if fidelity.psnr < floor.psnr or fidelity.ssim < floor.ssim:
-        return Verdict(False, f"{fidelity} is below the floor ({floor})")
+        return Verdict(False, f"{fidelity} {BELOW_FLOOR} ({floor})")
     if record_bytes >= original_bytes:
         return Verdict(
-            False, f"the latent record ({record_bytes} B) is not smaller than the original ({original_bytes} B); {fidelity}"
+            False, f"the latent record ({record_bytes} B) {NOT_SMALLER} ({original_bytes} B); {fidelity}"
         )
     return Verdict(True, f"{fidelity} meets the floor ({floor}); {original_bytes} B -> {record_bytes} B")

@@ -1,14 +1,23 @@
 """`sdfs mount` / `sdfs umount`: stale-mount clearing, the store and model
-opened after any fork, clean shutdown."""
+opened after any fork, clean shutdown.
+
+What can refuse a mount is checked before anything is created or loaded
+(libfuse present, mountpoint an empty folder and not mounted, store not in
+use), so a refused mount prints one line and leaves nothing behind. A mount
+that fails later (the model, libfuse) removes the folders it made and leaves
+the store's lock empty."""
 
 from __future__ import annotations
 
+import ctypes.util
 import errno
 import logging
 import os
 import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,6 +37,20 @@ def _fusermount() -> str:
     raise SdfsError("neither fusermount3 nor fusermount is installed; install the fuse3 package")
 
 
+def require_libfuse() -> None:
+    """fusepy loads libfuse 2 (libfuse.so.2) through ctypes when it is first
+    imported; without it, that import fails with a bare "Unable to find
+    libfuse". Say which package to install instead, before anything else."""
+    if os.environ.get("FUSE_LIBRARY_PATH"):  # fusepy's own override: the user knows where it is
+        return
+    if ctypes.util.find_library("fuse") is None:
+        raise SdfsError(
+            "libfuse 2 (libfuse.so.2, which fusepy needs) is not installed; install the libfuse2 package "
+            "(Debian, Ubuntu; libfuse2t64 on Ubuntu 24.04 and later; fuse-libs on Fedora), "
+            "or run scripts/setup.sh"
+        )
+
+
 def unmount(mountpoint: str | os.PathLike, lazy: bool = False) -> None:
     args = [_fusermount(), "-u"] + (["-z"] if lazy else []) + [str(mountpoint)]
     proc = subprocess.run(args, capture_output=True, text=True)
@@ -35,11 +58,102 @@ def unmount(mountpoint: str | os.PathLike, lazy: bool = False) -> None:
         raise SdfsError(f"cannot unmount {mountpoint}: {proc.stderr.strip() or 'fusermount failed'}")
 
 
+def umount_command(mountpoint: Path) -> None:
+    """`sdfs umount`: what is not an sdfs mount is refused in sdfs's words
+    (fusermount only says "Invalid argument")."""
+    from .control import FSTYPE, mount_type
+
+    try:
+        os.stat(mountpoint)
+    except FileNotFoundError:
+        raise SdfsError(f"cannot unmount {mountpoint}: no such folder") from None
+    except OSError as error:
+        if error.errno != errno.ENOTCONN:
+            raise SdfsError(f"cannot unmount {mountpoint}: {error.strerror}") from None
+        unmount(mountpoint, lazy=True)  # a dead daemon's mount: clear it
+        log.warning("cleared the stale mount left at %s by a daemon that died", mountpoint)
+        return
+    kind = mount_type(mountpoint)
+    if kind is None:
+        raise SdfsError(f"{mountpoint} is not mounted; nothing to unmount (`findmnt -t {FSTYPE}` lists sdfs mounts)")
+    if kind != FSTYPE:
+        raise SdfsError(f"{mountpoint} is a {kind} mount, not an sdfs one; unmount it with umount")
+    unmount(mountpoint)
+
+
 def clear_stale(mountpoint: Path) -> None:
     """Clear a dead daemon's mount, then refuse a mountpoint still in use."""
     clear_stale_only(mountpoint)
     if os.path.ismount(mountpoint):
         raise SdfsError(f"{mountpoint} is already mounted; `sdfs umount {mountpoint}` first")
+
+
+def check_mountpoint(mountpoint: Path, store: Path) -> None:
+    """Refuse, before anything is created or loaded, what libfuse would refuse
+    later (fusermount mounts only on an empty folder) or what makes no sense."""
+    if mountpoint.exists() or mountpoint.is_symlink():
+        if not mountpoint.is_dir():
+            raise SdfsError(f"cannot mount on {mountpoint}: not a folder; give an empty folder (or a new path)")
+        try:
+            entries = sorted(os.listdir(mountpoint))
+        except OSError as error:
+            raise SdfsError(f"cannot mount on {mountpoint}: {error.strerror}") from None
+        if entries:
+            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+            raise SdfsError(
+                f"cannot mount on {mountpoint}: the folder is not empty ({len(entries)} "
+                f"{'entry' if len(entries) == 1 else 'entries'}: {shown}); mount on an empty folder, "
+                f"as fusermount requires, or move those out first"
+            )
+    real_store, real_point = Path(os.path.realpath(store)), Path(os.path.realpath(mountpoint))
+    if real_point == real_store or real_store in real_point.parents or real_point in real_store.parents:
+        raise SdfsError(f"cannot mount {store} on {mountpoint}: the store and the mountpoint must not contain each other")
+    if store.exists() and not store.is_dir():
+        raise SdfsError(f"store {store} is not a folder; give the store folder first: sdfs mount STORE MOUNTPOINT")
+
+
+def _make_folder(path: Path) -> Path | None:
+    """mkdir -p; the top-most folder it created (to remove on failure), or None."""
+    missing = None
+    for candidate in [path, *path.parents]:
+        if candidate.exists():
+            break
+        missing = candidate
+    path.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+class _Undo:
+    """What a mount made before it was up: removed again if it fails, so a
+    failed mount leaves no new store folder, mountpoint or lock behind."""
+
+    def __init__(self):
+        self.lock: StoreLock | None = None
+        self.made: list[tuple[Path, Path, bool]] = []  # (folder asked for, top-most created, is the store)
+
+    def __call__(self) -> None:
+        if self.lock is not None:
+            self.lock.release()  # an empty lock file: it names no process
+            self.lock = None
+        for folder, top, is_store in reversed(self.made):
+            try:
+                if os.path.ismount(folder):
+                    continue
+                if is_store:
+                    shutil.rmtree(folder)  # made by this mount: only its lock, log or an empty store
+                else:
+                    os.rmdir(folder)  # a mountpoint: only while empty
+                while folder != top:  # and the parents mkdir -p made, while empty
+                    folder = folder.parent
+                    os.rmdir(folder)
+            except OSError as error:
+                log.debug("could not remove %s: %s", folder, error)
+        self.made.clear()
+
+    def make(self, folder: Path, is_store: bool) -> None:
+        top = _make_folder(folder)
+        if top is not None:
+            self.made.append((folder, top, is_store))
 
 
 def clear_stale_only(mountpoint: Path) -> None:
@@ -132,26 +246,43 @@ def _finish_quietly_on_sigterm() -> None:
 
 
 def mount(args) -> int:
+    require_libfuse()  # before fusepy is imported: it fails on import without the library
     from fuse import FUSE
 
-    mountpoint = Path(args.mountpoint)
+    mountpoint, store = Path(args.mountpoint), Path(args.store)
     clear_stale(mountpoint)  # first: a stale mount fails every other call on the path (ENOTCONN)
-    mountpoint.mkdir(parents=True, exist_ok=True)
+    check_mountpoint(mountpoint, store)
+    undo = _Undo()
+    try:
+        undo.make(store, is_store=True)
+        # one writer per store; taken before the fork (the child inherits the
+        # flock), so a refused mount writes nothing to the running one's log
+        undo.lock = StoreLock(store, f"the mount at {mountpoint.resolve()}").acquire()
+        undo.make(mountpoint, is_store=False)
+    except BaseException:
+        undo()
+        raise
+    lock = undo.lock
     status_fd = None
     if not args.foreground:
         # fork before the store, the model or any thread exists; the parent
         # returns once the child says the mount is up, or with its error
         read_fd, status_fd = os.pipe()
-        if os.fork():
+        child = os.fork()
+        if child:
             os.close(status_fd)
             with os.fdopen(read_fd, "rb") as status:
                 message = status.read().decode(errors="replace")
             if message == "ready":
                 return 0
-            raise SdfsError(message or "the mount daemon exited before the mount was ready")
+            _wait_for_exit(child)
+            undo()  # the child has gone: the folders it was given are unused
+            raise _reported_error(message)
         os.close(read_fd)
         os.setsid()
-        _detach_output(Path(args.store))
+        lock.taken_over()  # the lock now names the daemon, not the parent about to exit
+        undo.made.clear()  # the parent undoes a failed mount once this process has gone
+        _detach_output(store)
         from ..cli import configure_logging
 
         configure_logging(getattr(args, "verbose", 0), "file")  # timestamps: a log file has no other clock
@@ -163,18 +294,27 @@ def mount(args) -> int:
             os.close(status_fd)
             status_fd = None
 
+    def fail(error: SdfsError) -> SdfsError:
+        if status_fd is None:
+            undo()  # foreground: nobody else will
+        report(f"{error.exit_code} {error}")
+        return error
+
     try:
         notify(f"STATUS=opening the store {args.store}")
-        lock = StoreLock(args.store, f"the mount at {mountpoint.resolve()}").acquire()
         fs, encoder = _open_filesystem(args)
     except SdfsError as error:
-        report(str(error))
-        raise
+        raise fail(error) from None
+    except Exception as error:  # e.g. out of memory while loading: still one line for the parent
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise fail(SdfsError(f"cannot start the mount: {type(error).__name__}: {first_line}")) from error
 
     # resolved: a mountpoint given as a symlink is never itself the mount
-    readiness = _Readiness(mountpoint.resolve(), Path(args.store), encoder.start, report)
+    readiness = _Readiness(mountpoint.resolve(), store, encoder.start, report)
+    libfuse_stderr = _Captured()
 
     def on_ready() -> None:
+        libfuse_stderr.restore()
         readiness.begin()
 
     def on_destroy() -> None:
@@ -192,18 +332,86 @@ def mount(args) -> int:
     # attr_timeout=0: a file's size changes when the encoder swaps in the
     # reconstruction, and the kernel must not serve a cached st_size then
     options = dict(foreground=True, nothreads=False, big_writes=True, max_read=1 << 17, attr_timeout=0,
-                   max_write=1 << 17, fsname=f"sdfs:{Path(args.store).resolve()}", subtype="sdfs")
+                   max_write=1 << 17, fsname=f"sdfs:{store.resolve()}", subtype="sdfs")
     if args.allow_other:
         options.update(allow_other=True, default_permissions=True)
     from .operations import SdfsOperations
 
     notify(f"STATUS=mounting {args.store} at {mountpoint}")
     try:
-        FUSE(SdfsOperations(fs, on_ready=on_ready, on_destroy=on_destroy), str(mountpoint), **options)
+        with libfuse_stderr:  # libfuse and fusermount say why they refuse on stderr only
+            FUSE(SdfsOperations(fs, on_ready=on_ready, on_destroy=on_destroy), str(mountpoint), **options)
     except RuntimeError as error:
-        report(f"cannot mount {mountpoint}: libfuse failed ({error})")
-        raise SdfsError(f"cannot mount {mountpoint}: libfuse failed ({error})") from None
+        fs.store.close()
+        why = libfuse_stderr.reason() or f"libfuse failed ({error})"
+        raise fail(SdfsError(f"cannot mount {mountpoint}: {why}")) from None
     return 0
+
+
+def _reported_error(message: str) -> SdfsError:
+    """The child's "EXIT_CODE message" as an error with that exit code, so a
+    background mount exits as a foreground one would (4: the VAE cannot be loaded)."""
+    code, _, text = message.partition(" ")
+    if not code.isdigit() or not text:
+        code, text = "1", message or "the mount daemon exited before the mount was ready"
+    error = SdfsError(text)
+    error.exit_code = int(code)
+    return error
+
+
+def _wait_for_exit(pid: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done:
+            return
+        time.sleep(0.05)
+
+
+class _Captured:
+    """fd 2 into a temporary file while libfuse mounts: libfuse and fusermount
+    print why they refuse (e.g. "fuse: device not found") on stderr, which a
+    background mount has pointed at its log. Restored, with what was caught
+    passed on, once the mount answers (init) or fails."""
+
+    def __init__(self):
+        self._file = None
+        self._saved = None
+        self._text = ""
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "_Captured":
+        sys.stderr.flush()
+        self._file = tempfile.TemporaryFile()
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def restore(self, pass_on: bool = True) -> None:
+        with self._lock:
+            if self._saved is None:
+                return
+            sys.stderr.flush()
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+            self._saved = None
+            self._file.seek(0)
+            self._text = self._file.read().decode(errors="replace")
+            self._file.close()
+            if pass_on and self._text:
+                os.write(2, self._text.encode())
+
+    def __exit__(self, kind, error, tb) -> None:
+        self.restore(pass_on=kind is None)
+
+    def reason(self) -> str:
+        """What was printed, as one line (libfuse often adds a hint line)."""
+        lines = list(dict.fromkeys(line.strip() for line in self._text.splitlines() if line.strip()))
+        text = "; ".join(lines)
+        return text if len(text) <= 400 else text[:397] + "..."
 
 
 def _open_filesystem(args):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 from pathlib import Path
 
 from .store import StoreError
@@ -20,6 +21,15 @@ LOCK_NAME = "sdfs.lock"
 
 class StoreBusy(StoreError):
     """Another sdfs process writes to this store."""
+
+
+def what_to_do(holder: str) -> str:
+    """Advice for whoever finds the store locked by ``holder`` (the lock
+    file's line, e.g. "pid 12 (the mount at /mnt/images)")."""
+    mount = re.search(r"\(the mount at (.+)\)$", holder)
+    if mount:
+        return f"unmount it first: sdfs umount {mount.group(1)}"
+    return "wait for it to finish, or stop it, then try again"
 
 
 class StoreLock:
@@ -38,11 +48,18 @@ class StoreLock:
         except BlockingIOError:
             other = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another sdfs process"
             os.close(fd)
-            raise StoreBusy(f"store {self.path.parent} is in use by {other}; wait for it, or unmount it first") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} ({self.holder})\n".encode(), 0)
+            raise StoreBusy(f"store {self.path.parent} is in use by {other}; {what_to_do(other)}") from None
         self._fd = fd
+        self._write_holder()
         return self
+
+    def taken_over(self) -> None:
+        """After fork(): the child shares the flock; name it, not the parent."""
+        self._write_holder()
+
+    def _write_holder(self) -> None:
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"pid {os.getpid()} ({self.holder})\n".encode(), 0)
 
     def release(self) -> None:
         if self._fd is not None:

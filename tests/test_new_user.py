@@ -170,6 +170,34 @@ def test_4_kept_because_not_smaller_is_counted_as_such(tmp_path, tiny_vae_dir, c
 
 @needs_fuse
 @pytest.mark.timeout(600)
+def test_5_the_log_names_a_file_by_its_final_name(tmp_path, tiny_vae, caplog):
+    """rsync writes `.photo.png.XXXXXX`, closes it, then renames it; a folder
+    can move while its files wait. The verdict line names where the file is."""
+    import logging
+
+    from tests.images_factory import CANDIDATES
+    from tests.test_integrity import _filesystem, _put
+
+    fs = _filesystem(tmp_path, tiny_vae, start=False)
+    try:
+        image = CANDIDATES["rgb.png"]()
+        _put(fs, "/.photo.png.5nttZp", image)
+        fs.rename("/.photo.png.5nttZp", "/photo.png")
+        fs.mkdir("/album", 0o755)
+        _put(fs, "/album/a.png", image)
+        fs.rename("/album", "/trip")
+        with caplog.at_level(logging.INFO, logger="sdfs.fs.encoder"):
+            fs.encoder.start()
+            assert fs.encoder.wait_idle(timeout=120)
+        lines = [r.getMessage() for r in caplog.records if "keep latent" in r.getMessage()]
+        assert any(line.startswith("/photo.png: ") for line in lines), lines
+        assert any(line.startswith("/trip/a.png: ") for line in lines), lines
+        assert not any("5nttZp" in line or "/album/" in line for line in lines), lines
+    finally:
+        fs.encoder.stop()
+        fs.store.close()
+
+
 def test_6_7_failed_and_refused_mounts_leave_nothing_behind(tmp_path, tiny_vae_dir):
     # 6: a model that cannot load exits 4, as `sdfs encode` does, also in the background;
     # 7: and the store folder and mountpoint it made are gone again

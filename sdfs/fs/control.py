@@ -163,7 +163,7 @@ def sync(mountpoint: Path, timeout: float | None = None) -> int:
         elapsed = now - started
         if timeout is not None and elapsed >= timeout:
             held = state.get("encoder", {}).get("deferred_open_files", 0)
-            why = f" ({held} held open by readers; the encoder waits for them to close)" if held else ""
+            why = f" ({held} held open by writers with unsaved changes; they are encoded once closed)" if held else ""
             raise SdfsError(f"{pending} files still pending after {timeout:g} s{why}; run `sdfs sync` again to keep waiting")
         if last_shown is None or interactive or now - last_shown >= 10:
             left = _left(estimate.seconds_left(now, pending, state.get("encoder")))

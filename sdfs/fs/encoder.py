@@ -40,6 +40,8 @@ class Encoder:
         self._urgent: dict[int, None] = {}  # fsync()ed files, in order of asking
         self._retry_after: dict[int, float] = {}
         self.finished = Counter()  # outcomes since start, by verdict prefix
+        self._pace: float | None = None  # seconds a file, averaged over the batches done (sdfs sync's estimate)
+        self._batch_started: float | None = None
         self._thread = threading.Thread(target=self._run, name="sdfs-encoder", daemon=True)
 
     def attach(self, swap_guard, busy) -> None:
@@ -77,8 +79,14 @@ class Encoder:
             return self._changed.wait_for(lambda: self._stopping or not self.store.pending_count(), timeout)
 
     def state(self) -> dict:
-        return {"running": self._thread.is_alive(), "finished": dict(self.finished),
-                "deferred_open_files": len(self._busy()), "urgent": len(self._urgent)}
+        state = {"running": self._thread.is_alive(), "finished": dict(self.finished),
+                 "deferred_open_files": len(self._busy()), "urgent": len(self._urgent)}
+        started = self._batch_started
+        if self._pace is not None:
+            state["seconds_per_file"] = round(self._pace, 3)
+        if started is not None:
+            state["batch_seconds"] = round(time.monotonic() - started, 1)
+        return state
 
     def remember_name(self, ino: int, path: str) -> None:
         """The path a file was written under, so log lines can name it."""
@@ -102,7 +110,13 @@ class Encoder:
                 try:
                     batch = self._next_batch()
                     if batch:
-                        self._encode(batch)
+                        self._batch_started = time.monotonic()
+                        try:
+                            self._encode(batch)
+                        finally:
+                            per_file = (time.monotonic() - self._batch_started) / len(batch)
+                            self._pace = per_file if self._pace is None else (self._pace + per_file) / 2
+                            self._batch_started = None
                         continue
                 except Exception as error:  # never let the thread die: say so, back off, go on
                     log.error("the encoder failed (%s); trying again in %d s", error, RETRY_AFTER_S)

@@ -347,3 +347,23 @@ def test_a_failed_spill_keeps_every_accepted_byte(tmp_path, monkeypatch):
     buf.write(900, b"y" * 200)  # space again: it spills and goes on
     assert buf.read(0, 2000) == b"x" * 900 + b"y" * 200
     buf.close()
+
+
+def test_a_latent_rewritten_between_inode_and_record_is_looked_at_again(fs, monkeypatch):
+    """Found by the soak: getxattr (and a read's decode) fetched the inode,
+    then the record, and a rewrite in between left no record: EIO."""
+    _put(fs, "/a.png", CANDIDATES["rgb.png"](), sync=True)
+    fs.cache.clear()
+    real, gone = fs.store.record, {"xattr": True, "read": True}
+
+    def vanishing_once(ino, _real=real):
+        for what in gone:
+            if gone[what]:
+                gone[what] = False
+                return None  # as if the file had just been re-staged
+        return _real(ino)
+
+    monkeypatch.setattr(fs.store, "record", vanishing_once)
+    assert fs.getxattr("/a.png", "user.sdfs.kind") == b"latent"
+    content = _read_all(fs, "/a.png")
+    assert not any(gone.values()) and len(content) == fs.getattr("/a.png")["st_size"]

@@ -59,6 +59,11 @@ def store_errors(path: str):
         raise fail(error.errno or _STORE_ERRNOS.get(type(error), errno.EIO), path) from None
 
 
+class _Rewritten(Exception):
+    """A latent file was rewritten between reading its inode and its record:
+    look again (its new content is in the shared buffer or the store)."""
+
+
 @dataclass(eq=False)
 class OpenFile:
     """An inode while any handle has it open, shared by all of them.
@@ -346,13 +351,17 @@ class Filesystem:
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         handle = self._handle(fh, path)
         file = handle.file
-        with file.lock:  # the encoder swaps bytes under this lock only
-            if file.buffer is not None:
-                return file.buffer.read(offset, size)
-            inode = self.store.inode(file.ino)
-            if inode.kind != LATENT:
-                return self.store.read_raw(file.ino, offset, size)
-        return self._latent_content(handle, inode)[offset : offset + size]
+        while True:
+            with file.lock:  # content changes under this lock only
+                if file.buffer is not None:
+                    return file.buffer.read(offset, size)
+                inode = self.store.inode(file.ino)
+                if inode.kind != LATENT:
+                    return self.store.read_raw(file.ino, offset, size)
+            try:  # decoded outside the lock: a decode takes long
+                return self._latent_content(handle, inode)[offset : offset + size]
+            except _Rewritten:
+                continue
 
     def _latent_content(self, handle: Handle, inode) -> bytes:
         if handle.decoded is not None and handle.decoded[0] == inode.generation:
@@ -498,6 +507,8 @@ class Filesystem:
 
     def _decode(self, inode) -> bytes:
         record = self.store.record(inode.ino)
+        if record is None:
+            raise _Rewritten(inode.ino)
         started = time.perf_counter()
         try:
             output = self.codec.decode(record)
@@ -529,6 +540,8 @@ class Filesystem:
 
     def _sdfs_xattrs(self, ino: int) -> dict[str, bytes]:
         inode = self.store.inode(ino)
+        if inode is None:  # removed since its name was looked up
+            raise fail(errno.ENOENT)
         if ino == ROOT:
             return {DAEMON_XATTR: json.dumps(self.daemon_state(), sort_keys=True).encode()}
         if inode.kind not in (PENDING, VERBATIM, LATENT):
@@ -538,7 +551,10 @@ class Filesystem:
         if verdict:
             values["verdict"] = verdict.decode()
         if inode.kind == LATENT:
-            record = container.unpack(self.store.record(ino))
+            raw = self.store.record(ino)
+            if raw is None:  # rewritten between the two reads: describe what it is now
+                return self._sdfs_xattrs(ino)
+            record = container.unpack(raw)
             values["model"] = f"{record.model.name} {record.model.weights_sha256.hex()}"
             values["quality"] = record.quality
             for m in record.measurements:

@@ -127,7 +127,10 @@ class Encoder:
 
     def _next_batch(self) -> list[int]:
         now = time.monotonic()
-        held = self._busy() | {ino for ino, at in list(self._retry_after.items()) if at > now}
+        for ino, at in list(self._retry_after.items()):  # expired entries go: the table never outgrows the failures in hand
+            if at <= now:
+                del self._retry_after[ino]
+        held = self._busy() | set(self._retry_after)
         batch = []
         with self._changed:
             urgent = list(self._urgent)

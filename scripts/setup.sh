@@ -8,11 +8,9 @@ cd "$(dirname "$0")/.."
 if command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    # fuse3/libfuse2: the mount; rsync and libglib2.0-bin (gio): copy-tool tests;
-    # systemd: `systemd-analyze verify` of the unit (a test)
+    # fuse3: the mount (libfuse 3 and fusermount3); rsync and libglib2.0-bin (gio):
+    # copy-tool tests; systemd: `systemd-analyze verify` of the unit (a test)
     apt-get install -y -qq fuse3 rsync libglib2.0-bin systemd >/dev/null
-    # libfuse 2 for fusepy: libfuse2, renamed libfuse2t64 on Ubuntu 24.04 and later
-    apt-get install -y -qq libfuse2 >/dev/null 2>&1 || apt-get install -y -qq libfuse2t64 >/dev/null
 fi
 
 # Without a GPU, take the CPU build of torch first: an unpinned torch pulls a
@@ -22,10 +20,10 @@ if ! command -v nvidia-smi >/dev/null && ! python3 -c "import torch" 2>/dev/null
 fi
 python3 -m pip install -q -e ".[test]"
 
-# `sdfs mount` loads libfuse 2 through fusepy; say now, not at the first mount
-if ! python3 -c "import ctypes.util, sys; sys.exit(ctypes.util.find_library('fuse') is None)"; then
-    echo "setup: libfuse 2 (libfuse.so.2) is missing and sdfs mount needs it: install libfuse2" \
-         "(Debian, Ubuntu; libfuse2t64 on Ubuntu 24.04+) or fuse-libs (Fedora), then run this again" >&2
+# `sdfs mount` loads libfuse 3 through mfusepy; say now, not at the first mount
+if ! python3 -c "import ctypes.util, sys; sys.exit(ctypes.util.find_library('fuse3') is None)"; then
+    echo "setup: libfuse 3 (libfuse.so.3) is missing and sdfs mount needs it: install fuse3" \
+         "(Debian, Ubuntu) or fuse3-libs (Fedora), then run this again" >&2
     exit 1
 fi
 echo "sdfs installed: $(command -v sdfs)"

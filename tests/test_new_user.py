@@ -337,11 +337,11 @@ def test_10_missing_libfuse_names_the_package(tmp_path, monkeypatch, capsys):
     import ctypes.util
 
     real = ctypes.util.find_library
-    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None if name == "fuse" else real(name))
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None if name == "fuse3" else real(name))
     monkeypatch.delenv("FUSE_LIBRARY_PATH", raising=False)
     store, mnt = tmp_path / "store", tmp_path / "mnt"
     assert main(["mount", str(store), str(mnt), "--model", str(tmp_path / "unused")]) == 1
     line = one_line(capsys.readouterr().err)
-    assert line.startswith("sdfs: error: libfuse 2 (libfuse.so.2, which fusepy needs) is not installed; "
-                           "install the libfuse2 package (Debian")
+    assert line.startswith("sdfs: error: libfuse 3 (libfuse.so.3, which sdfs mount needs) is not installed; "
+                           "install the fuse3 package (Debian")
     assert not store.exists() and not mnt.exists()

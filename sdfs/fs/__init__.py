@@ -1,1 +1,1 @@
-"""The FUSE filesystem: plain logic (filesystem.py, encoder.py) under a thin fusepy layer (operations.py)."""
+"""The FUSE filesystem: plain logic (filesystem.py, encoder.py) under a thin FUSE layer (operations.py)."""

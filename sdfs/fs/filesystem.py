@@ -27,13 +27,16 @@ from cachetools import LRUCache
 from ..codec import container
 from ..errors import SdfsError
 from ..ingest import VERDICT, staged_notes
-from ..store import CHUNK, DIR, KIND_NAMES, LATENT, PENDING, ROOT, SYMLINK, VERBATIM, Store
+from ..store import CHUNK, DIR, KIND_NAMES, LATENT, NAME_MAX, PENDING, ROOT, SPECIAL, SYMLINK, VERBATIM, Store
 from ..store.store import now_ns
 from .buffer import WriteBuffer
+from .content import FileContent
 
 log = logging.getLogger(__name__)
 
-SPOOL_IN_MEMORY = 8 << 20  # larger writes spill to the store's tmp/ folder
+SPOOL_IN_MEMORY = 8 << 20  # a larger local copy of a file spills to the store's tmp/ folder
+# utimensat's special values, as libfuse passes them on (tv_sec 0): mfusepy with use_ns gives the nanoseconds
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 READ_ONLY_PREFIX = "user.sdfs."
 DAEMON_XATTR = READ_ONLY_PREFIX + "daemon"  # on the root: JSON of daemon_state()
 
@@ -59,6 +62,14 @@ def store_errors(path: str):
         raise fail(error.errno or _STORE_ERRNOS.get(type(error), errno.EIO), path) from None
 
 
+def _name(part: str, path: str) -> bytes:
+    """One name of a path, as stored; longer than NAME_MAX bytes is ENAMETOOLONG, as on ext4."""
+    name = part.encode("utf-8", "surrogateescape")
+    if len(name) > NAME_MAX:
+        raise fail(errno.ENAMETOOLONG, path)
+    return name
+
+
 class _Rewritten(Exception):
     """A latent file was rewritten between reading its inode and its record:
     look again (its new content is in the shared buffer or the store)."""
@@ -67,15 +78,19 @@ class _Rewritten(Exception):
 @dataclass(eq=False)
 class OpenFile:
     """An inode while any handle has it open, shared by all of them.
-    ``buffer`` holds the content once it is being changed, or once the encoder
+    ``content`` exists once the file is being changed, or once the encoder
     replaced the stored bytes under open readers (they keep what they opened)."""
 
     ino: int
     refs: int = 0
-    buffer: WriteBuffer | None = None
-    dirty: bool = False  # the buffer holds changes the store does not have yet
+    content: FileContent | None = None
     mtime_ns: int | None = None  # of the last write, or as set by utimens while open
-    lock: threading.Lock = field(default_factory=threading.Lock)  # content, buffer and commits
+    lock: threading.Lock = field(default_factory=threading.Lock)  # content and commits
+
+    @property
+    def dirty(self) -> bool:
+        """Holds changes the store does not have yet."""
+        return self.content is not None and self.content.changed
 
 
 @dataclass(eq=False)
@@ -113,6 +128,9 @@ class Filesystem:
         self.spool_dir.mkdir(exist_ok=True)
         for ino in store.orphans():  # names removed while open before a crash
             store.purge(ino)
+        abandoned = store.drop_abandoned_uploads()  # writes in progress when a mount died: never closed
+        if abandoned:
+            log.info("dropped the unfinished writes of %d file(s) that were open when the last mount ended", abandoned)
         if encoder is not None:
             encoder.attach(swap_guard=self._swapping, busy=self._dirty_files)
 
@@ -133,10 +151,15 @@ class Filesystem:
         self._lock.release()
         try:
             with file.lock:
-                if file.buffer is None:
+                content = file.content
+                if content is None or content.local is None:
                     inode = self.store.inode(ino)
                     if inode is not None and inode.generation == generation:  # else the commit is refused anyway
-                        file.buffer = self._filled_buffer(inode)
+                        local = self._filled_buffer(inode)
+                        if content is None:
+                            file.content = FileContent(self.store, ino, inode.size, inode.generation, local)
+                        else:  # a writer's unchanged chunks are read from the store: they are about to go
+                            content.local = local
                 yield
         finally:
             self._unref(file, None)
@@ -154,7 +177,7 @@ class Filesystem:
         for part in path.strip("/").split("/"):
             if not part:
                 continue
-            child = self.store.lookup(ino, part.encode("utf-8", "surrogateescape"))
+            child = self.store.lookup(ino, _name(part, path))
             if child is None:
                 raise fail(errno.ENOENT, path)
             ino = child
@@ -164,20 +187,21 @@ class Filesystem:
         head, _, name = path.rstrip("/").rpartition("/")
         if not name:
             raise fail(errno.EINVAL, path)
+        name = _name(name, path)
         parent = self.resolve(head or "/")
         inode = self.store.inode(parent)
         if inode is None or not inode.is_dir:
             raise fail(errno.ENOTDIR, head)
-        return parent, name.encode("utf-8", "surrogateescape")
+        return parent, name
 
     # -- attributes
 
     def _buffered_size(self, ino: int) -> int | None:
-        """The size of an open file's shared buffer: what a full read returns now."""
+        """The size of an open file's changing content: what a full read returns now."""
         with self._lock:
             file = self._open.get(ino)
-            buffer = file.buffer if file is not None else None
-            return buffer.size if buffer is not None else None
+            content = file.content if file is not None else None
+            return content.size if content is not None else None
 
     def getattr(self, path: str, fh: int | None = None) -> dict:
         handle = self._handles.get(fh) if fh is not None else None
@@ -187,17 +211,18 @@ class Filesystem:
             raise fail(errno.ENOENT, path)
         size = self._buffered_size(ino)
         size = inode.size if size is None else size
-        stored = inode.stored if size == inode.size else size
+        stored = inode.stored if size == inode.size else min(size, inode.stored + (size - inode.size))
         return {
             "st_ino": ino,
             "st_mode": inode.mode,
             "st_nlink": inode.nlink,
             "st_uid": inode.uid,
             "st_gid": inode.gid,
+            "st_rdev": inode.rdev,
             "st_size": size,
             "st_blocks": -(-stored // 512),  # du shows what the store really holds
             "st_blksize": 1 << 17,
-            # integer nanoseconds (the FUSE layer runs fusepy with use_ns)
+            # integer nanoseconds (the FUSE layer runs mfusepy with use_ns)
             "st_atime": inode.atime_ns,
             "st_mtime": inode.mtime_ns,
             "st_ctime": inode.ctime_ns,
@@ -214,27 +239,60 @@ class Filesystem:
         self.store.setattr(ino, uid=inode.uid if uid == -1 else uid, gid=inode.gid if gid == -1 else gid)
 
     def utimens(self, path: str, times_ns: tuple[int, int] | None = None) -> None:
+        """utimensat(2): ``None`` sets both times to now; either time may be
+        UTIME_NOW or UTIME_OMIT (left as it is)."""
         ino = self.resolve(path)
-        now = self.store.inode(ino).ctime_ns if times_ns is None else None
-        atime, mtime = times_ns or (now, now)
-        self.store.setattr(ino, atime_ns=int(atime), mtime_ns=int(mtime))
-        with self._lock:  # cp -a sets times before close(): the commit must keep them
-            file = self._open.get(ino)
-            if file is not None:
-                file.mtime_ns = int(mtime)
+        now = now_ns()
+        atime, mtime = times_ns or (UTIME_NOW, UTIME_NOW)
+        changes = {}
+        for name, value in (("atime_ns", atime), ("mtime_ns", mtime)):
+            if value != UTIME_OMIT:
+                changes[name] = now if value == UTIME_NOW else int(value)
+        self.store.setattr(ino, **changes)  # and the ctime
+        if "mtime_ns" in changes:
+            with self._lock:  # cp -a sets times before close(): the commit must keep them
+                file = self._open.get(ino)
+                if file is not None:
+                    file.mtime_ns = changes["mtime_ns"]
 
     # -- directories and names
 
-    def readdir(self, path: str) -> list[str]:
+    def readdir(self, path: str) -> list[tuple[str, dict, int]]:
+        """Entries with their inode numbers and types (an entry with inode 0
+        is skipped by readdir(3), and the type spares find and ls a stat)."""
         ino = self.resolve(path)
         if not self.store.inode(ino).is_dir:
             raise fail(errno.ENOTDIR, path)
-        return [".", ".."] + [name.decode("utf-8", "surrogateescape") for name, _ in self.store.listdir(ino)]
+        entries = [(".", {"st_ino": ino, "st_mode": stat.S_IFDIR}, 0),
+                   ("..", {"st_ino": self.store.parent_of(ino), "st_mode": stat.S_IFDIR}, 0)]
+        for name, child, mode in self.store.listdir_modes(ino):
+            entries.append((name.decode("utf-8", "surrogateescape"), {"st_ino": child, "st_mode": mode}, 0))
+        return entries
 
-    def _create(self, path: str, kind: int, mode: int, uid: int, gid: int, data: bytes = b"", notes=None) -> int:
+    def _create(self, path: str, kind: int, mode: int, uid: int, gid: int, data: bytes = b"", notes=None,
+                rdev: int = 0) -> int:
         parent, name = self._parent(path)
         with store_errors(path):
-            return self.store.create(parent, name, kind, mode, uid, gid, data, notes).ino
+            return self.store.create(parent, name, kind, mode, uid, gid, data, notes, rdev).ino
+
+    def mknod(self, path: str, mode: int, rdev: int, uid: int = 0, gid: int = 0) -> None:
+        """FIFOs, sockets and device nodes (the kernel serves their I/O; only
+        the inode lives here). A regular file made by mknod is an empty file."""
+        kind = stat.S_IFMT(mode)
+        if kind == stat.S_IFREG:
+            self._create(path, VERBATIM, stat.S_IFREG | (mode & 0o7777), uid, gid, notes=staged_notes(0))
+        elif kind in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+            device = rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
+            self._create(path, SPECIAL, kind | (mode & 0o7777), uid, gid, rdev=device)
+        else:
+            raise fail(errno.EINVAL, path)
+
+    def link(self, path: str, existing: str) -> None:
+        """A hard link: ``path`` becomes one more name of ``existing``."""
+        ino = self.resolve(existing)
+        parent, name = self._parent(path)
+        with store_errors(path):
+            self.store.link(ino, parent, name)
 
     def mkdir(self, path: str, mode: int, uid: int = 0, gid: int = 0) -> None:
         self._create(path, DIR, stat.S_IFDIR | (mode & 0o7777), uid, gid)
@@ -260,12 +318,13 @@ class Filesystem:
     def rmdir(self, path: str) -> None:
         self._remove(path, directory=True)
 
-    def rename(self, old: str, new: str) -> None:
+    def rename(self, old: str, new: str, no_replace: bool = False) -> None:
+        """rename(2); ``no_replace``: renameat2's RENAME_NOREPLACE (EEXIST if ``new`` exists)."""
         old_parent, old_name = self._parent(old)
         new_parent, new_name = self._parent(new)
         replaced = self.store.lookup(new_parent, new_name)
         with store_errors(new):
-            self.store.rename(old_parent, old_name, new_parent, new_name)
+            self.store.rename(old_parent, old_name, new_parent, new_name, no_replace)
         if self.encoder is not None:
             moved = self.store.lookup(new_parent, new_name)
             inode = self.store.inode(moved) if moved is not None else None
@@ -325,12 +384,11 @@ class Filesystem:
             raise fail(errno.EBADF, path)
         return handle
 
-    def _new_buffer(self) -> WriteBuffer:
-        return WriteBuffer(self.spool_dir, SPOOL_IN_MEMORY)
-
     def _filled_buffer(self, inode) -> WriteBuffer:
-        """A buffer holding the file's current bytes, copied a chunk at a time."""
-        buffer = self._new_buffer()
+        """A local copy of the file's current bytes (a latent file's
+        reconstruction, or an image's bytes about to be replaced by its
+        latent: both bounded by the pixel limit), copied a chunk at a time."""
+        buffer = WriteBuffer(self.spool_dir, SPOOL_IN_MEMORY)
         try:
             if inode.kind == LATENT:
                 buffer.write(0, self._decoded(inode))
@@ -342,19 +400,28 @@ class Filesystem:
             raise
         return buffer
 
-    def _load_for_writing(self, file: OpenFile, empty: bool = False) -> None:
-        """Under file.lock: make sure the buffer exists (``empty``: its old
-        bytes are about to be cut away anyway, so do not copy or decode them)."""
-        if file.buffer is None:
-            file.buffer = self._new_buffer() if empty else self._filled_buffer(self.store.inode(file.ino))
+    def _changing(self, file: OpenFile, emptying: bool = False) -> FileContent:
+        """Under file.lock: the file's content, ready to change (``emptying``:
+        its old bytes are about to be cut away, so a latent file is not decoded)."""
+        if file.content is None:
+            inode = self.store.inode(file.ino)
+            if inode is None:
+                raise fail(errno.ENOENT)
+            if inode.kind == LATENT and not emptying:
+                local = self._filled_buffer(inode)
+                file.content = FileContent(self.store, file.ino, inode.size, inode.generation, local)
+            else:
+                size = 0 if inode.kind == LATENT else inode.size  # emptying: the record's bytes never matter
+                file.content = FileContent(self.store, file.ino, size, inode.generation)
+        return file.content
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         handle = self._handle(fh, path)
         file = handle.file
         while True:
             with file.lock:  # content changes under this lock only
-                if file.buffer is not None:
-                    return file.buffer.read(offset, size)
+                if file.content is not None:
+                    return file.content.read(offset, size)
                 inode = self.store.inode(file.ino)
                 if inode.kind != LATENT:
                     return self.store.read_raw(file.ino, offset, size)
@@ -375,16 +442,16 @@ class Filesystem:
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         file = self._handle(fh, path, writing=True).file
         with file.lock:
-            self._load_for_writing(file)
-            file.buffer.write(offset, data)
-            file.dirty = True
+            self._changing(file).write(offset, data)
             file.mtime_ns = now_ns()
         return len(data)
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
         """Durable when it returns, like any completed metadata change. By name
         (no handle: truncate(2), or O_TRUNC from the kernel), it goes through a
-        handle of its own, so it reaches the bytes every open handle shares."""
+        handle of its own, so it reaches the bytes every open handle shares.
+        Growing a file leaves a hole (nothing is stored for it); beyond what a
+        store can hold it is EFBIG."""
         if fh is None or fh not in self._handles:
             fh = self._new_handle(self.resolve(path), writable=True)
             try:
@@ -393,9 +460,7 @@ class Filesystem:
                 self.release(path, fh)
         file = self._handle(fh, path, writing=True).file
         with file.lock:
-            self._load_for_writing(file, empty=length == 0)
-            file.buffer.truncate(length)
-            file.dirty = True
+            self._changing(file, emptying=length == 0).truncate(length)
             file.mtime_ns = now_ns()
             self._commit_locked(file, path)
 
@@ -410,22 +475,20 @@ class Filesystem:
             self._commit_locked(file, path)
 
     def _commit_locked(self, file: OpenFile, path: str | None) -> None:
-        """Stage the buffer in the store. On failure (ENOSPC…) it stays dirty:
+        """Commit the file's changes to the store, then let its content go
+        (reads find it in the store). On failure (ENOSPC…) the changes stay:
         the caller gets the error, and the next close tries again."""
         if not file.dirty:
             return
-        buffer = file.buffer
-        self._stage(file.ino, buffer.chunks(CHUNK), buffer.size, file.mtime_ns, path)
-        file.dirty = False
-
-    def _stage(self, ino: int, content, length: int, mtime_ns: int | None = None, path: str | None = None) -> None:
+        content = file.content
         with store_errors(path or ""):
-            self.store.stage(ino, content, queue=self.encoder is not None, mtime_ns=mtime_ns,
-                             notes=staged_notes(length))
-        self._forget(ino)
+            content.commit(queue=self.encoder is not None, mtime_ns=file.mtime_ns, notes=staged_notes(content.size))
+        file.content = None
+        content.close()
+        self._forget(file.ino)
         if self.encoder is not None:
             if path:
-                self.encoder.remember_name(ino, path)
+                self.encoder.remember_name(file.ino, path)
             self.encoder.notify()
 
     def release(self, path: str, fh: int) -> None:
@@ -435,7 +498,7 @@ class Filesystem:
             self._unref(handle.file, path)
 
     def _unref(self, file: OpenFile, path: str | None) -> None:
-        """Drop one reference; the last one commits what is left and closes the buffer."""
+        """Drop one reference; the last one commits what is left and lets the content go."""
         with self._lock:
             file.refs -= 1
             if file.refs:
@@ -452,9 +515,9 @@ class Filesystem:
                     del self._open[file.ino]
             if closing:
                 with file.lock:
-                    if file.buffer is not None:
-                        file.buffer.close()
-                        file.buffer = None
+                    if file.content is not None:
+                        file.content.close()
+                        file.content = None
             self._purge_if_unused(file.ino)
             if self.encoder is not None:
                 self.encoder.notify()
@@ -468,7 +531,6 @@ class Filesystem:
         if self.encoder is not None:
             self.encoder.wait_for(ino)
 
-    # -- latent reads
 
     def _decoded(self, inode, count: bool = True) -> bytes:
         """The reconstruction, from the cache or decoded once however many

@@ -9,7 +9,6 @@ the store's lock empty."""
 
 from __future__ import annotations
 
-import ctypes.util
 import errno
 import logging
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 from ..errors import SdfsError
 from ..service import notify
 from ..store.lock import StoreLock
+from .binding import require_libfuse
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +35,6 @@ def _fusermount() -> str:
         if found:
             return found
     raise SdfsError("neither fusermount3 nor fusermount is installed; install the fuse3 package")
-
-
-def require_libfuse() -> None:
-    """fusepy loads libfuse 2 (libfuse.so.2) through ctypes when it is first
-    imported; without it, that import fails with a bare "Unable to find
-    libfuse". Say which package to install instead, before anything else."""
-    if os.environ.get("FUSE_LIBRARY_PATH"):  # fusepy's own override: the user knows where it is
-        return
-    if ctypes.util.find_library("fuse") is None:
-        raise SdfsError(
-            "libfuse 2 (libfuse.so.2, which fusepy needs) is not installed; install the libfuse2 package "
-            "(Debian, Ubuntu; libfuse2t64 on Ubuntu 24.04 and later; fuse-libs on Fedora), "
-            "or run scripts/setup.sh"
-        )
 
 
 def unmount(mountpoint: str | os.PathLike, lazy: bool = False) -> None:
@@ -246,8 +232,7 @@ def _finish_quietly_on_sigterm() -> None:
 
 
 def mount(args) -> int:
-    require_libfuse()  # before fusepy is imported: it fails on import without the library
-    from fuse import FUSE
+    require_libfuse()  # before mfusepy is imported: it fails on import without the library
 
     mountpoint, store = Path(args.mountpoint), Path(args.store)
     clear_stale(mountpoint)  # first: a stale mount fails every other call on the path (ENOTCONN)
@@ -331,16 +316,22 @@ def mount(args) -> int:
 
     # attr_timeout=0: a file's size changes when the encoder swaps in the
     # reconstruction, and the kernel must not serve a cached st_size then
-    options = dict(foreground=True, nothreads=False, big_writes=True, max_read=1 << 17, attr_timeout=0,
-                   max_write=1 << 17, fsname=f"sdfs:{store.resolve()}", subtype="sdfs")
+    # use_ino: st_ino is the store's inode number, so hard links show as one
+    # file (cp -a, rsync -H, find -samefile, du count it once); hard_remove:
+    # an unlinked open file loses its name at once, as on ext4 (no
+    # .fuse_hidden* file: the filesystem keeps it by handle until the last close)
+    # libfuse 3 reads and writes up to 1 MiB a request by itself (max_write is no option there)
+    options = dict(foreground=True, nothreads=False, use_ino=True, hard_remove=True, attr_timeout=0,
+                   fsname=f"sdfs:{store.resolve()}", subtype="sdfs")
     if args.allow_other:
         options.update(allow_other=True, default_permissions=True)
+    from .binding import fuse_class
     from .operations import SdfsOperations
 
     notify(f"STATUS=mounting {args.store} at {mountpoint}")
     try:
         with libfuse_stderr:  # libfuse and fusermount say why they refuse on stderr only
-            FUSE(SdfsOperations(fs, on_ready=on_ready, on_destroy=on_destroy), str(mountpoint), **options)
+            fuse_class()(SdfsOperations(fs, on_ready=on_ready, on_destroy=on_destroy), str(mountpoint), **options)
     except RuntimeError as error:
         fs.store.close()
         why = libfuse_stderr.reason() or f"libfuse failed ({error})"

@@ -1,13 +1,16 @@
-"""fusepy Operations: translate calls and errnos, nothing else."""
+"""FUSE Operations (mfusepy): translate calls and errnos, nothing else."""
 
 from __future__ import annotations
 
 import errno
 import logging
 
-from fuse import FuseOSError, Operations
-
+from .binding import load
 from .filesystem import Filesystem
+
+_mfusepy = load()
+FuseOSError, Operations, fuse_get_context = _mfusepy.FuseOSError, _mfusepy.Operations, _mfusepy.fuse_get_context
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2  # renameat2(2) flags
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ def _translated(method):
 
 
 class SdfsOperations(Operations):
-    use_ns = True  # fusepy reads this: utimens gets and getattr may give integer nanoseconds
+    use_ns = True  # mfusepy reads this: utimens gets and getattr may give integer nanoseconds
     def __init__(self, fs: Filesystem, on_ready=None, on_destroy=None):
         """libfuse runs in the foreground (sdfs forks itself, before opening
         anything), so the filesystem is built before mounting; ``on_ready``
@@ -51,8 +54,6 @@ class SdfsOperations(Operations):
             self._on_destroy()
 
     def _caller(self):
-        from fuse import fuse_get_context
-
         uid, gid, _ = fuse_get_context()
         return uid, gid
 
@@ -77,12 +78,14 @@ class SdfsOperations(Operations):
         return self.fs.unlink(path)
 
     @_translated
-    def rename(self, old, new):
-        return self.fs.rename(old, new)
+    def rename(self, old, new, flags=0):
+        if flags & ~RENAME_NOREPLACE:  # RENAME_EXCHANGE, RENAME_WHITEOUT: not supported
+            raise FuseOSError(errno.EINVAL)
+        return self.fs.rename(old, new, no_replace=bool(flags & RENAME_NOREPLACE))
 
     @_translated
     def symlink(self, target, source):
-        # fusepy passes (link path, target)
+        # mfusepy passes (link path, target)
         return self.fs.symlink(target, source, *self._caller())
 
     @_translated
@@ -91,7 +94,12 @@ class SdfsOperations(Operations):
 
     @_translated
     def link(self, target, source):
-        raise FuseOSError(errno.ENOTSUP)
+        # mfusepy passes (new name, existing file), as for symlink
+        return self.fs.link(target, source)
+
+    @_translated
+    def mknod(self, path, mode, dev):
+        return self.fs.mknod(path, mode, dev, *self._caller())
 
     @_translated
     def chmod(self, path, mode):

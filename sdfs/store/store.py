@@ -23,21 +23,33 @@ import lmdb
 
 from ..errors import ModelMismatch, SdfsError
 from .gate import ResizeGate
+from .mapped import MappedPages
 
 log = logging.getLogger(__name__)
 
-STORE_VERSION = 1
+STORE_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # a version-1 store is read as it is, and marked 2 when opened for writing
 ROOT = 1
-CHUNK = 1 << 20  # verbatim and staged bytes are stored in 1 MiB chunks
+CHUNK = 1 << 20  # verbatim and staged bytes are stored in chunks of at most 1 MiB
+# chunk indexes are u32: the largest file a store can hold (a larger truncate answers EFBIG)
+MAX_FILE_SIZE = CHUNK << 32
+NAME_MAX = 255  # bytes in one name, as on ext4
+LINK_MAX = 65000  # names of one file, as on ext4
 # LMDB reports a commit that ran out of disk as EIO (a short write); with less
 # than this left on the store's disk, that EIO is taken for what it is: ENOSPC
 DISK_FULL_BELOW = 8 << 20
 
-DIR, PENDING, VERBATIM, LATENT, SYMLINK = 1, 2, 3, 4, 5
-KIND_NAMES = {DIR: "directory", PENDING: "pending", VERBATIM: "verbatim", LATENT: "latent", SYMLINK: "symlink"}
+DIR, PENDING, VERBATIM, LATENT, SYMLINK, SPECIAL = 1, 2, 3, 4, 5, 6
+KIND_NAMES = {DIR: "directory", PENDING: "pending", VERBATIM: "verbatim", LATENT: "latent", SYMLINK: "symlink",
+              SPECIAL: "special"}
+CONTENT_KINDS = (PENDING, VERBATIM, SYMLINK)  # kinds whose bytes live in chunks
 
-_INODE = struct.Struct("<BIIIIQqqqQQ")  # kind mode uid gid nlink size atime mtime ctime stored generation
-_DBS = ("meta", "inodes", "dirents", "dirparents", "chunks", "records", "pending", "orphans", "xattrs")
+# kind mode uid gid nlink size atime mtime ctime stored generation rdev
+_INODE = struct.Struct("<BIIIIQqqqQQQ")
+_INODE_V1 = struct.Struct("<BIIIIQqqqQQ")  # version-1 stores: no rdev (read as 0)
+INODE_SIZES = (_INODE.size, _INODE_V1.size)
+_DBS = ("meta", "inodes", "dirents", "dirparents", "chunks", "records", "pending", "orphans", "xattrs", "uploads")
+_ADDED_IN_V2 = ("uploads",)
 
 
 class StoreError(SdfsError):
@@ -48,8 +60,17 @@ def _key(ino: int) -> bytes:
     return ino.to_bytes(8, "big")
 
 
-def _chunk_key(ino: int, index: int) -> bytes:
+def _chunk_prefix(ino: int, index: int) -> bytes:
     return _key(ino) + index.to_bytes(4, "big")
+
+
+def _chunk_key(ino: int, index: int, version: int) -> bytes:
+    return _chunk_prefix(ino, index) + version.to_bytes(8, "big")
+
+
+def chunk_key_parts(key: bytes) -> tuple[int, int, int]:
+    """(ino, index, version) of a chunks key; version-1 keys (12 bytes) are version 0."""
+    return int.from_bytes(key[:8], "big"), int.from_bytes(key[8:12], "big"), int.from_bytes(key[12:20], "big")
 
 
 def _latent_space(model: dict) -> dict:
@@ -74,6 +95,10 @@ def _pieces(data: bytes | Iterable[bytes]) -> Iterator[bytes]:
         yield from data
 
 
+def _all_zeros(piece) -> bool:
+    return piece.count(0) == len(piece)  # C speed; a piece is at most a chunk
+
+
 @dataclass(frozen=True)
 class Inode:
     ino: int
@@ -87,16 +112,19 @@ class Inode:
     mtime_ns: int
     ctime_ns: int
     stored: int  # bytes this file occupies in the store
-    generation: int  # bumped whenever content changes; stale encodes are dropped
+    generation: int  # bumped whenever content changes; stale encodes are dropped; chunks carry it as their version
+    rdev: int = 0  # a device node's device number
 
     def pack(self) -> bytes:
         return _INODE.pack(
             self.kind, self.mode, self.uid, self.gid, self.nlink, self.size,
-            self.atime_ns, self.mtime_ns, self.ctime_ns, self.stored, self.generation,
+            self.atime_ns, self.mtime_ns, self.ctime_ns, self.stored, self.generation, self.rdev,
         )
 
     @classmethod
     def unpack(cls, ino: int, data: bytes) -> "Inode":
+        if len(data) == _INODE_V1.size:
+            return cls(ino, *_INODE_V1.unpack(data))
         return cls(ino, *_INODE.unpack(data))
 
     @property
@@ -141,17 +169,26 @@ class Store:
         except lmdb.Error as error:
             raise StoreError(f"cannot open store {self.path}: {error}") from None
         try:
-            self.db = {name: self.env.open_db(name.encode(), create=not readonly) for name in _DBS}
+            self.db = {name: self._open_db(name) for name in _DBS}
         except lmdb.NotFoundError:  # read-only, and a sub-database is not there (yet)
             self.env.close()
             raise StoreError(f"store {self.path} is incomplete: still being created, or not an sdfs store") from None
         except lmdb.Error as error:
             self.env.close()
             raise StoreError(f"cannot open store {self.path}: {error}") from None
+        self._mapped = MappedPages(self.env)
         if readonly:
             self._check_version()
         else:
             self._initialise(model)
+
+    def _open_db(self, name: str):
+        try:
+            return self.env.open_db(name.encode(), create=not self.readonly)
+        except lmdb.NotFoundError:
+            if name in _ADDED_IN_V2:  # a version-1 store, read-only: an empty table reads the same
+                return None
+            raise
 
     def close(self) -> None:
         self.env.close()
@@ -163,13 +200,14 @@ class Store:
         with self._transaction(write=False) as txn:
             yield txn
 
-    def write(self, fn):
+    def write(self, fn, buffers: bool = False):
         """Run ``fn(txn)`` in one write transaction, growing the map when full.
-        A full disk raises OSError(ENOSPC), other LMDB failures OSError(EIO)."""
+        A full disk raises OSError(ENOSPC), other LMDB failures OSError(EIO).
+        ``buffers``: gets return memoryviews valid only inside ``fn``."""
         while True:
             size = self.env.info()["map_size"]
             try:
-                with self._transaction(write=True) as txn:
+                with self._transaction(write=True, buffers=buffers) as txn:
                     return fn(txn)
             except lmdb.MapFullError:
                 with self._gate.exclusive():  # no transaction of this process is open now
@@ -178,11 +216,11 @@ class Store:
                         log.info("store %s: map grown to %d MiB", self.path, size * 2 >> 20)
 
     @contextmanager
-    def _transaction(self, write: bool) -> Iterator[lmdb.Transaction]:
+    def _transaction(self, write: bool, buffers: bool = False) -> Iterator[lmdb.Transaction]:
         while True:
             with self._gate.shared():
                 try:
-                    txn = self.env.begin(write=write, buffers=False)
+                    txn = self.env.begin(write=write, buffers=buffers)
                 except lmdb.MapResizedError:
                     txn = None  # another process (the mount) grew the map: adopt its size below
                 if txn is not None:
@@ -224,8 +262,9 @@ class Store:
         if version == 0:
             self.env.close()
             raise StoreError(f"store {self.path} is incomplete: still being created, or not an sdfs store")
-        if version != STORE_VERSION:
-            raise StoreError(f"store {self.path} has format version {version}; this sdfs reads {STORE_VERSION}")
+        if version not in READABLE_VERSIONS:
+            raise StoreError(f"store {self.path} has format version {version}; this sdfs reads versions "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}: upgrade sdfs")
 
     def check_model(self, model: dict) -> None:
         """Refuse (ModelMismatch) a VAE other than the store's; adopt it if the store has none yet."""
@@ -244,8 +283,12 @@ class Store:
                 root = Inode(ROOT, DIR, 0o40755, os.getuid(), os.getgid(), 2, 0, t, t, t, 0, 0)
                 txn.put(_key(ROOT), root.pack(), db=self.db["inodes"])
                 return
-            if int(version) != STORE_VERSION:
-                raise StoreError(f"store {self.path} has format version {int(version)}; this sdfs reads {STORE_VERSION}")
+            if int(version) not in READABLE_VERSIONS:
+                raise StoreError(f"store {self.path} has format version {int(version)}; this sdfs reads versions "
+                                 f"{', '.join(map(str, READABLE_VERSIONS))}: upgrade sdfs")
+            if int(version) != STORE_VERSION:  # v1 data reads as v2 (docs/FORMAT.md): only the mark changes
+                txn.put(b"format", str(STORE_VERSION).encode(), db=meta)
+                log.info("store %s: format version %d marked %d", self.path, int(version), STORE_VERSION)
             stored = txn.get(b"model", db=meta)
             if model is not None and stored is None:
                 txn.put(b"model", json.dumps(model, sort_keys=True).encode(), db=meta)
@@ -287,6 +330,11 @@ class Store:
         return int.from_bytes(value, "big") if value else None
 
     def listdir(self, parent: int) -> list[tuple[bytes, int]]:
+        return [(name, ino) for name, ino, _ in self.listdir_modes(parent)]
+
+    def listdir_modes(self, parent: int) -> list[tuple[bytes, int, int]]:
+        """(name, ino, mode) of a directory's entries, from one snapshot
+        (readdir gives the kernel each entry's inode number and type)."""
         prefix = _key(parent)
         entries = []
         with self.reading() as txn:
@@ -295,13 +343,22 @@ class Store:
                 for key, value in cursor:
                     if not key.startswith(prefix):
                         break
-                    entries.append((key[8:], int.from_bytes(value, "big")))
+                    ino = int.from_bytes(value, "big")
+                    inode = self._inode(txn, ino)
+                    entries.append((key[8:], ino, inode.mode if inode is not None else 0))
         return entries
 
+    def parent_of(self, directory: int) -> int:
+        """The directory holding ``directory`` (the root is its own parent)."""
+        with self.reading() as txn:
+            parent = txn.get(_key(directory), db=self.db["dirparents"])
+        return int.from_bytes(parent, "big") if parent else directory
+
     def create(self, parent: int, name: bytes, kind: int, mode: int, uid: int, gid: int, data: bytes = b"",
-               notes: dict[bytes, bytes | None] | None = None) -> Inode:
-        """A new file, directory or symlink (``data`` is a symlink's target).
-        ``notes``: internal xattrs written with it (see _put_notes)."""
+               notes: dict[bytes, bytes | None] | None = None, rdev: int = 0) -> Inode:
+        """A new file, directory, symlink (``data`` is its target) or special
+        file (FIFO, socket, device node: the type is in ``mode``, a device's
+        number in ``rdev``). ``notes``: internal xattrs written with it (see _put_notes)."""
 
         def op(txn):
             if txn.get(_key(parent) + name, db=self.db["dirents"]) is not None:
@@ -311,10 +368,10 @@ class Store:
                 raise NotADirectoryError(parent)
             t = now_ns()
             inode = Inode(self._next_ino(txn), kind, mode, uid, gid, 2 if kind == DIR else 1,
-                          len(data), t, t, t, len(data), 0)
+                          len(data), t, t, t, len(data), 0, rdev if kind == SPECIAL else 0)
             if kind == SYMLINK:
-                txn.put(_chunk_key(inode.ino, 0), data, db=self.db["chunks"])
-            elif kind != DIR:
+                txn.put(_chunk_key(inode.ino, 0, 0), data, db=self.db["chunks"])
+            elif kind not in (DIR, SPECIAL):
                 inode = replace(inode, kind=VERBATIM)  # an empty file is verbatim until written
             self._put(txn, inode)
             self._put_notes(txn, inode.ino, notes)
@@ -322,6 +379,32 @@ class Store:
             if kind == DIR:
                 txn.put(_key(inode.ino), _key(parent), db=self.db["dirparents"])
             self._put(txn, replace(parent_inode, nlink=parent_inode.nlink + (kind == DIR), mtime_ns=t, ctime_ns=t))
+            return inode
+
+        return self.write(op)
+
+    def link(self, ino: int, parent: int, name: bytes) -> Inode:
+        """One more name for a file that is not a directory (a hard link)."""
+
+        def op(txn):
+            key = _key(parent) + name
+            if txn.get(key, db=self.db["dirents"]) is not None:
+                raise FileExistsError(name)
+            parent_inode = self._inode(txn, parent)
+            if parent_inode is None or not parent_inode.is_dir:
+                raise NotADirectoryError(parent)
+            inode = self._inode(txn, ino)
+            if inode is None or inode.nlink == 0:  # its last name went meanwhile
+                raise FileNotFoundError(ino)
+            if inode.is_dir:
+                raise PermissionError(errno.EPERM, "hard links to directories are not allowed")
+            if inode.nlink >= LINK_MAX:
+                raise OSError(errno.EMLINK, os.strerror(errno.EMLINK))
+            t = now_ns()
+            inode = replace(inode, nlink=inode.nlink + 1, ctime_ns=t)
+            self._put(txn, inode)
+            txn.put(key, _key(ino), db=self.db["dirents"])
+            self._put(txn, replace(parent_inode, mtime_ns=t, ctime_ns=t))
             return inode
 
         return self.write(op)
@@ -361,8 +444,10 @@ class Store:
             txn.put(_key(inode.ino), b"", db=self.db["orphans"])
         return inode
 
-    def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes) -> None:
-        """POSIX rename: atomically replaces a target of the same type."""
+    def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
+               no_replace: bool = False) -> None:
+        """POSIX rename: atomically replaces a target of the same type
+        (``no_replace``: refuses with FileExistsError if there is one)."""
 
         def op(txn):
             old_key, new_key = _key(old_parent) + old_name, _key(new_parent) + new_name
@@ -373,8 +458,10 @@ class Store:
             if moving.is_dir and self._is_ancestor(txn, moving.ino, new_parent):
                 raise OSError(22, "Invalid argument")  # EINVAL: into its own subtree
             existing = txn.get(new_key, db=self.db["dirents"])
+            if existing is not None and no_replace:
+                raise FileExistsError(new_name)
             if existing == value:
-                return
+                return  # two names of one file: POSIX says do nothing
             if existing is not None:
                 target = self._inode(txn, int.from_bytes(existing, "big"))
                 if target.is_dir and not moving.is_dir:
@@ -425,6 +512,7 @@ class Store:
 
     def _delete_inode(self, txn, ino: int) -> None:
         self._delete_content(txn, ino)
+        txn.delete(_key(ino), db=self.db["uploads"])
         txn.delete(_key(ino), db=self.db["inodes"])
         txn.delete(_key(ino), db=self.db["orphans"])
         txn.delete(_key(ino), db=self.db["pending"])
@@ -449,21 +537,50 @@ class Store:
         return self.write(op)
 
     # -- content
+    #
+    # A file's bytes are chunks of at most CHUNK bytes, keyed ino | index |
+    # version. The content of an inode is, for each index, its chunk whose
+    # version is at most the inode's generation (a commit deletes what it
+    # replaces, so there is at most one); a missing or short chunk reads as
+    # zeros up to the size, so holes cost nothing. Chunks of a higher version
+    # are a writer's uploads in progress (the `uploads` table names the
+    # version): nobody reads them until commit_content() makes them the
+    # content in one small transaction, and a mount drops what a crash left.
+
+    def _chunks_of(self, txn, ino: int, start: int = 0) -> list[tuple[int, int, bytes]]:
+        """(index, version, key) of ``ino``'s chunks from index ``start`` on, in order."""
+        prefix = _key(ino)
+        found = []
+        cursor = txn.cursor(db=self.db["chunks"])
+        if cursor.set_range(_chunk_prefix(ino, start)):
+            for key in cursor.iternext(values=False):
+                key = bytes(key)
+                if not key.startswith(prefix):
+                    break
+                _, index, version = chunk_key_parts(key)
+                found.append((index, version, key))
+        return found
+
+    def _delete_chunks(self, txn, ino: int, up_to: int | None = None) -> None:
+        """Delete ``ino``'s chunks (only those of versions up to ``up_to`` when given)."""
+        for _, version, key in self._chunks_of(txn, ino):
+            if up_to is None or version <= up_to:
+                txn.delete(key, db=self.db["chunks"])
 
     def _delete_content(self, txn, ino: int) -> None:
-        cursor = txn.cursor(db=self.db["chunks"])
-        prefix = _key(ino)
-        while cursor.set_range(prefix) and cursor.key().startswith(prefix):
-            cursor.delete()
-        txn.delete(prefix, db=self.db["records"])
+        self._delete_chunks(txn, ino)
+        txn.delete(_key(ino), db=self.db["records"])
 
-    def _put_chunks(self, txn, ino: int, data: bytes | Iterable[bytes]) -> int:
-        """Store content as chunks; returns its length."""
-        length = 0
+    def _put_chunks(self, txn, ino: int, data: bytes | Iterable[bytes], version: int) -> tuple[int, int]:
+        """Store content as chunks of ``version``, leaving out pieces that are
+        all zeros (holes); returns (its length, the bytes stored)."""
+        length = stored = 0
         for index, piece in enumerate(_pieces(data)):
-            txn.put(_chunk_key(ino, index), piece, db=self.db["chunks"])
             length += len(piece)
-        return length
+            if not _all_zeros(piece):
+                txn.put(_chunk_key(ino, index, version), piece, db=self.db["chunks"])
+                stored += len(piece)
+        return length, stored
 
     def _put_notes(self, txn, ino: int, notes: dict[bytes, bytes | None] | None) -> None:
         """Internal xattrs (the verdict…): a value of None removes the note."""
@@ -473,48 +590,154 @@ class Store:
             else:
                 txn.put(_key(ino) + name, value, db=self.db["xattrs"])
 
+    def _content_changed(self, txn, inode: Inode, size: int, stored: int, generation: int, queue: bool,
+                         mtime_ns: int | None, notes) -> Inode:
+        t = now_ns()
+        kind = PENDING if queue and size else VERBATIM
+        inode = replace(inode, kind=kind, size=size, stored=stored, mtime_ns=mtime_ns or t, ctime_ns=t,
+                        generation=generation)
+        self._put(txn, inode)
+        self._put_notes(txn, inode.ino, notes)
+        if kind == PENDING:
+            txn.put(_key(inode.ino), b"", db=self.db["pending"])
+        else:
+            txn.delete(_key(inode.ino), db=self.db["pending"])
+        return inode
+
     def stage(self, ino: int, data: bytes | Iterable[bytes], queue: bool = True, mtime_ns: int | None = None,
               notes: dict[bytes, bytes | None] | None = None) -> Inode:
         """Durably replace a file's content with raw bytes (or an iterable of
-        CHUNK-sized pieces); queue it for encoding unless it is empty.
-        ``mtime_ns``: when the content was last written (default: now).
-        ``notes``: internal xattrs changed in the same transaction."""
+        CHUNK-sized pieces) in one transaction; queue it for encoding unless
+        it is empty. ``mtime_ns``: when the content was last written (default:
+        now). ``notes``: internal xattrs changed in the same transaction.
+        The mount writes large files with upload() and commit_content() instead."""
 
         def op(txn):
             inode = self._inode(txn, ino)
             if inode is None:
                 raise FileNotFoundError(ino)
             self._delete_content(txn, ino)
-            length = self._put_chunks(txn, ino, data)
-            t = now_ns()
-            kind = PENDING if queue and length else VERBATIM
-            inode = replace(inode, kind=kind, size=length, stored=length, mtime_ns=mtime_ns or t, ctime_ns=t,
-                            generation=inode.generation + 1)
-            self._put(txn, inode)
-            self._put_notes(txn, ino, notes)
-            if kind == PENDING:
-                txn.put(_key(ino), b"", db=self.db["pending"])
-            else:
-                txn.delete(_key(ino), db=self.db["pending"])
-            return inode
+            txn.delete(_key(ino), db=self.db["uploads"])
+            length, stored = self._put_chunks(txn, ino, data, inode.generation + 1)
+            return self._content_changed(txn, inode, length, stored, inode.generation + 1, queue, mtime_ns, notes)
+
+        return self.write(op)
+
+    def upload(self, ino: int, version: int, pieces: dict[int, bytes]) -> None:
+        """Part of a writer's new content, stored now but read by nobody until
+        commit_content(ino, version, …): chunks of ``version``, which must be
+        above the inode's generation. An empty piece removes an earlier upload
+        of its index. A writer uploads as it goes, so that neither its memory
+        nor one transaction grows with the file."""
+
+        def op(txn):
+            inode = self._inode(txn, ino)
+            if inode is None:
+                raise FileNotFoundError(ino)
+            if version <= inode.generation:
+                raise ValueError(f"inode {ino}: upload version {version} is not above generation {inode.generation}")
+            txn.put(_key(ino), version.to_bytes(8, "big"), db=self.db["uploads"])
+            for index, piece in pieces.items():
+                key = _chunk_key(ino, index, version)
+                if piece and not _all_zeros(piece):
+                    txn.put(key, piece, db=self.db["chunks"])
+                else:
+                    txn.delete(key, db=self.db["chunks"])
+
+        self.write(op)
+
+    def commit_content(self, ino: int, version: int, size: int, pieces: dict[int, bytes], uploaded: set[int],
+                       keep_below: int, queue: bool = True, mtime_ns: int | None = None,
+                       notes: dict[bytes, bytes | None] | None = None) -> Inode:
+        """Make a writer's content the file's, in one transaction. For each
+        chunk index below ``size``: ``pieces[index]`` if given (all zeros or
+        empty: a hole), else its upload of ``version`` if the index is in
+        ``uploaded``, else, below ``keep_below``, the committed chunk as it
+        is; anything else goes. The transaction holds only ``pieces``, never
+        the whole file."""
+        count = -(-size // CHUNK)
+
+        def op(txn):
+            inode = self._inode(txn, ino)
+            if inode is None:
+                raise FileNotFoundError(ino)
+            if version <= inode.generation:
+                raise ValueError(f"inode {ino}: content version {version} is not above generation {inode.generation}")
+            chunks = self.db["chunks"]
+            entries = self._chunks_of(txn, ino)
+            stored = 0
+            for index, v, key in entries:
+                if v == version:
+                    keep = index < count and index not in pieces and index in uploaded
+                elif v <= inode.generation:
+                    keep = index < min(count, keep_below) and index not in pieces and index not in uploaded
+                else:
+                    keep = False  # an upload a crash left behind
+                if keep:
+                    stored += len(txn.get(key, db=chunks))  # a memoryview: the bytes are not copied
+                else:
+                    txn.delete(key, db=chunks)
+            for index, piece in pieces.items():
+                piece = piece[: max(0, size - index * CHUNK)]
+                if index < count and not _all_zeros(piece):
+                    txn.put(_chunk_key(ino, index, version), piece, db=chunks)
+                    stored += len(piece)
+            txn.delete(_key(ino), db=self.db["uploads"])
+            txn.delete(_key(ino), db=self.db["records"])
+            return self._content_changed(txn, inode, size, stored, version, queue, mtime_ns, notes)
+
+        return self.write(op, buffers=True)
+
+    def read_upload(self, ino: int, index: int, version: int, lo: int, hi: int) -> bytes:
+        """Bytes ``lo:hi`` of an upload in progress (shorter when the chunk is: the rest is zeros)."""
+        with self._transaction(write=False, buffers=True) as txn:
+            value = txn.get(_chunk_key(ino, index, version), db=self.db["chunks"])
+            data = b"" if value is None else bytes(value[lo:hi])
+            self._mapped.touched(len(data))
+        return data
+
+    def drop_abandoned_uploads(self) -> int:
+        """Delete uploads no writer will commit (its mount died); returns how many files had some."""
+
+        def op(txn):
+            abandoned = [bytes(key) for key, _ in txn.cursor(db=self.db["uploads"])]
+            for key in abandoned:
+                ino = int.from_bytes(key, "big")
+                inode = self._inode(txn, ino)
+                if inode is not None:
+                    for _, version, chunk in self._chunks_of(txn, ino):
+                        if version > inode.generation:
+                            txn.delete(chunk, db=self.db["chunks"])
+                txn.delete(key, db=self.db["uploads"])
+            return len(abandoned)
 
         return self.write(op)
 
     def read_raw(self, ino: int, offset: int = 0, size: int | None = None) -> bytes:
-        """Bytes of a pending or verbatim file (or a symlink target); only the
-        chunks that overlap the range are fetched."""
-        with self.reading() as txn:
+        """Bytes of a pending or verbatim file (or a symlink target), as
+        committed; only the chunks that overlap the range are touched, and
+        only the bytes asked for are copied out of the map."""
+        with self._transaction(write=False, buffers=True) as txn:
             inode = self._inode(txn, ino)
             if inode is None:
                 raise FileNotFoundError(ino)
             end = inode.size if size is None else min(inode.size, offset + size)
-            parts = []
-            for index in range(offset // CHUNK, -(-end // CHUNK) if end > offset else offset // CHUNK):
-                chunk = txn.get(_chunk_key(ino, index), db=self.db["chunks"]) or b""
-                lo = max(offset - index * CHUNK, 0)
-                hi = min(end - index * CHUNK, len(chunk))
-                parts.append(chunk[lo:hi])
-        return b"".join(parts)
+            if end <= offset:
+                return b""
+            out = bytearray(end - offset)  # holes and short chunks read as zeros
+            chunks = self.db["chunks"]
+            for index, version, key in self._chunks_of(txn, ino, offset // CHUNK):
+                base = index * CHUNK
+                if base >= end:
+                    break
+                if version > inode.generation:
+                    continue  # an upload in progress
+                value = txn.get(key, db=chunks)
+                lo, hi = max(offset - base, 0), min(end - base, len(value))
+                if hi > lo:
+                    out[base + lo - offset : base + hi - offset] = value[lo:hi]
+            self._mapped.touched(end - offset)
+        return bytes(out)
 
     def record(self, ino: int) -> bytes | None:
         with self.reading() as txn:
@@ -553,7 +776,7 @@ class Store:
             if record is None:
                 self._put(txn, replace(inode, kind=VERBATIM))
                 return True
-            self._delete_content(txn, ino)
+            self._delete_chunks(txn, ino, up_to=generation)  # a writer's uploads in progress stay
             txn.put(_key(ino), record, db=self.db["records"])
             self._put(txn, replace(inode, kind=LATENT, size=output_length, stored=len(record)))
             return True
@@ -596,7 +819,7 @@ class Store:
         if kind == LATENT:
             txn.put(_key(inode.ino), f.data, db=self.db["records"])
         else:
-            self._put_chunks(txn, inode.ino, f.data)
+            inode = replace(inode, stored=self._put_chunks(txn, inode.ino, f.data, inode.generation)[1])
         for name, value in f.xattrs.items():
             txn.put(_key(inode.ino) + name, value, db=self.db["xattrs"])
         self._put(txn, inode)
@@ -626,7 +849,23 @@ class Store:
             return txn.get(_key(ino) + name, db=self.db["xattrs"])
 
     def set_xattr(self, ino: int, name: bytes, value: bytes) -> None:
-        self.write(lambda txn: txn.put(_key(ino) + name, value, db=self.db["xattrs"]))
+        def op(txn):
+            txn.put(_key(ino) + name, value, db=self.db["xattrs"])
+            self._touch_ctime(txn, ino)
+
+        self.write(op)
 
     def remove_xattr(self, ino: int, name: bytes) -> bool:
-        return self.write(lambda txn: txn.delete(_key(ino) + name, db=self.db["xattrs"]))
+        def op(txn):
+            removed = txn.delete(_key(ino) + name, db=self.db["xattrs"])
+            if removed:
+                self._touch_ctime(txn, ino)
+            return removed
+
+        return self.write(op)
+
+    def _touch_ctime(self, txn, ino: int) -> None:
+        """A metadata change: the inode's ctime is now (POSIX)."""
+        inode = self._inode(txn, ino)
+        if inode is not None:
+            self._put(txn, replace(inode, ctime_ns=now_ns()))

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, memory
 from .errors import SdfsError, UsageError
 
 log = logging.getLogger("sdfs")
@@ -335,6 +335,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(args.verbose)
+    memory.bound_heap()  # big files pass through mount and import in chunks: their memory must go back
     try:
         return args.run(args)
     except SdfsError as error:

@@ -49,15 +49,17 @@ class Outcome:
         return {VERDICT: self.verdict.encode(), ORIGINAL_BYTES: str(original_length).encode()}
 
 
-def judge(data: bytes, result) -> Outcome:
-    """``result``: what Codec.encode_many gave for ``data`` (EncodeResult or SdfsError)."""
+def judge(data: bytes, result, length: int | None = None) -> Outcome:
+    """``result``: what Codec.encode_many gave for ``data`` (EncodeResult or
+    SdfsError). ``length``: the file's size, where ``data`` is only its head."""
+    length = len(data) if length is None else length
     if isinstance(result, SdfsError):
         # a damaged or unsupported image deserves a warning; a text file does not
         looks_like_image = data.startswith((b"\x89PNG", b"\xff\xd8\xff"))
         quiet = isinstance(result, NotACandidate) and not looks_like_image
-        return Outcome(f"{STORED_VERBATIM}: {result}", None, len(data), logging.INFO if quiet else logging.WARNING)
+        return Outcome(f"{STORED_VERBATIM}: {result}", None, length, logging.INFO if quiet else logging.WARNING)
     if not result.verdict.keep_latent:
-        return Outcome(f"{KEEP_ORIGINAL}: {result.verdict.reason}", None, len(data), logging.INFO)
+        return Outcome(f"{KEEP_ORIGINAL}: {result.verdict.reason}", None, length, logging.INFO)
     return Outcome(f"{KEEP_LATENT}: {result.verdict.reason}", result.record, result.output_length, logging.INFO)
 
 

@@ -92,6 +92,28 @@ def probe(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> SourceImage:
         raise NotACandidate(f"the image cannot be decoded ({_one_line(exc)})") from exc
 
 
+SCREEN_HEAD = 64 << 10  # bytes of a file read to judge it before reading it whole
+
+
+def max_candidate_bytes(max_pixels: int) -> int:
+    """The most a PNG or JPEG of ``max_pixels`` pixels can plausibly take:
+    8 bytes a pixel (16-bit RGBA, uncompressed, with room for filter bytes)
+    plus 64 MiB of metadata (ICC profiles, EXIF, text)."""
+    return 8 * max_pixels + (64 << 20)
+
+
+def screen(head: bytes, size: int, max_pixels: int) -> None:
+    """Raise NotACandidate for a file that cannot be a latent candidate,
+    judged by its first bytes (``head``) and its ``size`` alone, so nothing
+    more of it needs to be read."""
+    if size == 0:
+        raise NotACandidate("empty file: there is no image to store as latents")
+    if not head.startswith((_PNG_SIGNATURE, b"\xff\xd8\xff")):
+        raise NotACandidate(_describe_other(head))
+    if size > max_candidate_bytes(max_pixels):
+        raise NotACandidate(f"{size:,} bytes: more than an image of at most {max_pixels:,} pixels can take")
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text[:120]

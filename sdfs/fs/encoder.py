@@ -16,6 +16,8 @@ import threading
 import time
 from collections import Counter
 
+from ..codec import images
+from ..errors import NotACandidate
 from ..ingest import judge
 from ..store import Store
 
@@ -148,6 +150,26 @@ class Encoder:
     def _encode(self, batch: list[int]) -> None:
         inodes = [self.store.inode(ino) for ino in batch]
         live = [inode for inode in inodes if inode is not None]
+        # judged by its first bytes and its size, a file that cannot be an
+        # image is never read whole: a video of several GB costs one read of its head
+        candidates = []
+        for inode in live:
+            head = self.store.read_raw(inode.ino, 0, images.SCREEN_HEAD)
+            try:
+                images.screen(head, inode.size, self.codec.max_pixels)
+            except NotACandidate as reason:
+                self._finish(inode, judge(head, reason, length=inode.size), inode.size)
+            else:
+                candidates.append(inode)
+        if candidates:
+            self._encode_candidates(candidates)
+        for ino in set(batch) - {inode.ino for inode in live}:
+            self.store.finish_encode(ino, -1, None)  # vanished: just dequeue
+            self._names.pop(ino, None)
+        with self._changed:
+            self._changed.notify_all()
+
+    def _encode_candidates(self, live: list) -> None:
         datas = [self.store.read_raw(inode.ino) for inode in live]
         try:
             results = self.codec.encode_many(datas)
@@ -160,18 +182,14 @@ class Encoder:
             return
         for inode, data, result in zip(live, datas, results):
             self._finish(inode, judge(data, result), len(data))
-        for ino in set(batch) - {inode.ino for inode in live}:
-            self.store.finish_encode(ino, -1, None)  # vanished: just dequeue
-            self._names.pop(ino, None)
-        with self._changed:
-            self._changed.notify_all()
-
     def _name(self, ino: int) -> str:
         return self._names.get(ino) or f"inode {ino}"
 
     def _finish(self, inode, outcome, original_length: int) -> None:
+        # only a latent replaces the stored bytes: open handles need a copy of them then, not otherwise
+        guard = self._swap_guard if outcome.record is not None else (lambda ino, generation: contextlib.nullcontext())
         try:
-            with self._swap_guard(inode.ino, inode.generation):
+            with guard(inode.ino, inode.generation):
                 # the decision is visible as user.sdfs.verdict (invariant 4)
                 taken = self.store.finish_encode(inode.ino, inode.generation, outcome.record, outcome.output_length,
                                                  notes=outcome.notes(original_length))

@@ -1,11 +1,13 @@
-"""The filesystem's logic as a plain class (no FUSE): paths, handles, the
-write buffer, the read cache. fs/operations.py only translates calls.
+"""The filesystem's logic as a plain class (no FUSE): paths, handles, file
+types and hard links, an open file's changes, the read cache.
+fs/operations.py only translates calls.
 
 Errors are raised as OSError(errno); the FUSE layer passes the errno on.
 Open files are tracked by handle, so renames and unlinks of open files work.
-All handles of one inode share one OpenFile (its write buffer), as all
-descriptors of a file share its pages: what one handle writes another reads,
-and a truncate by name (how the kernel sends O_TRUNC) reaches the same bytes.
+All handles of one inode (whatever name opened it) share one OpenFile and its
+FileContent (fs/content.py), as all descriptors of a file share its pages:
+what one handle writes another reads, and a truncate by name (how the kernel
+sends O_TRUNC) reaches the same bytes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 
 from cachetools import LRUCache
 
+from .. import memory
 from ..codec import container
 from ..errors import SdfsError
 from ..ingest import VERDICT, staged_notes
@@ -35,6 +38,7 @@ from .content import FileContent
 log = logging.getLogger(__name__)
 
 SPOOL_IN_MEMORY = 8 << 20  # a larger local copy of a file spills to the store's tmp/ folder
+RELEASE_AFTER = 8 << 20  # a file this big leaves freed memory behind: hand it back when it is committed
 # utimensat's special values, as libfuse passes them on (tv_sec 0): mfusepy with use_ns gives the nanoseconds
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 READ_ONLY_PREFIX = "user.sdfs."
@@ -485,6 +489,8 @@ class Filesystem:
             content.commit(queue=self.encoder is not None, mtime_ns=file.mtime_ns, notes=staged_notes(content.size))
         file.content = None
         content.close()
+        if content.size >= RELEASE_AFTER:
+            memory.release()
         self._forget(file.ino)
         if self.encoder is not None:
             if path:

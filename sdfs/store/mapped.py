@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import mmap
+import os
 import threading
 
 log = logging.getLogger(__name__)
@@ -30,14 +31,14 @@ except (OSError, AttributeError):  # not glibc/Linux: pages stay until the kerne
 
 
 class MappedPages:
-    def __init__(self, env):
+    def __init__(self, env, data_file):
         self._env = env
+        self._data_file = os.path.realpath(data_file)
         self._lock = threading.Lock()
         self._since_drop = 0
 
     def touched(self, nbytes: int) -> None:
-        """Count bytes just read through the map; drop the map's pages now and then.
-        Call it inside a transaction (so no resize can move the map meanwhile)."""
+        """Count bytes just read through the map; drop the map's pages now and then."""
         with self._lock:
             self._since_drop += nbytes
             if self._since_drop < DROP_EVERY:
@@ -46,8 +47,24 @@ class MappedPages:
         self.drop()
 
     def drop(self) -> None:
+        """Drop the page-table entries of every mapping of the data file.
+        LMDB does not say where its map is (mdb_env_info gives an address only
+        with MDB_FIXEDMAP), so /proc/self/maps does."""
         if _madvise is None:
             return
-        info = self._env.info()
-        if _madvise(info["map_addr"], info["map_size"], mmap.MADV_DONTNEED) != 0:
-            log.debug("madvise(MADV_DONTNEED) of the store's map failed: errno %d", ctypes.get_errno())
+        for start, end in self._mappings():
+            if _madvise(start, end - start, mmap.MADV_DONTNEED) != 0:
+                log.debug("madvise(MADV_DONTNEED) of the store's map failed: errno %d", ctypes.get_errno())
+
+    def _mappings(self) -> list[tuple[int, int]]:
+        found = []
+        try:
+            with open("/proc/self/maps") as maps:
+                for line in maps:
+                    fields = line.split(maxsplit=5)
+                    if len(fields) == 6 and fields[5].rstrip("\n") == self._data_file:
+                        start, end = fields[0].split("-")
+                        found.append((int(start, 16), int(end, 16)))
+        except OSError:  # no /proc: pages stay until the kernel reclaims them
+            pass
+        return found

@@ -176,7 +176,7 @@ class Store:
         except lmdb.Error as error:
             self.env.close()
             raise StoreError(f"cannot open store {self.path}: {error}") from None
-        self._mapped = MappedPages(self.env)
+        self._mapped = MappedPages(self.env, self.path / "data.mdb")
         if readonly:
             self._check_version()
         else:
@@ -547,17 +547,24 @@ class Store:
     # version): nobody reads them until commit_content() makes them the
     # content in one small transaction, and a mount drops what a crash left.
 
-    def _chunks_of(self, txn, ino: int, start: int = 0) -> list[tuple[int, int, bytes]]:
-        """(index, version, key) of ``ino``'s chunks from index ``start`` on, in order."""
+    def _chunks_of(self, txn, ino: int, start: int = 0, end: int | None = None) -> list[tuple[int, int, bytes]]:
+        """(index, version, key) of ``ino``'s chunks with ``start <= index < end``, in order.
+
+        py-lmdb touches every page of the value under the cursor at each step
+        (it preloads it, to fault it in without the GIL), even when only keys
+        are asked for: each step maps a chunk, so each counts as read."""
         prefix = _key(ino)
         found = []
         cursor = txn.cursor(db=self.db["chunks"])
         if cursor.set_range(_chunk_prefix(ino, start)):
             for key in cursor.iternext(values=False):
+                self._mapped.touched(CHUNK)
                 key = bytes(key)
                 if not key.startswith(prefix):
                     break
                 _, index, version = chunk_key_parts(key)
+                if end is not None and index >= end:
+                    break
                 found.append((index, version, key))
         return found
 
@@ -565,7 +572,11 @@ class Store:
         """Delete ``ino``'s chunks (only those of versions up to ``up_to`` when given)."""
         for _, version, key in self._chunks_of(txn, ino):
             if up_to is None or version <= up_to:
-                txn.delete(key, db=self.db["chunks"])
+                self._delete_chunk(txn, key)
+
+    def _delete_chunk(self, txn, key: bytes) -> None:
+        txn.delete(key, db=self.db["chunks"])
+        self._mapped.touched(CHUNK)  # deleting a value touches its pages too (measured: as many as it has)
 
     def _delete_content(self, txn, ino: int) -> None:
         self._delete_chunks(txn, ino)
@@ -642,7 +653,7 @@ class Store:
                 if piece and not _all_zeros(piece):
                     txn.put(key, piece, db=self.db["chunks"])
                 else:
-                    txn.delete(key, db=self.db["chunks"])
+                    self._delete_chunk(txn, key)
 
         self.write(op)
 
@@ -675,8 +686,9 @@ class Store:
                     keep = False  # an upload a crash left behind
                 if keep:
                     stored += len(txn.get(key, db=chunks))  # a memoryview: the bytes are not copied
+                    self._mapped.touched(CHUNK)  # but py-lmdb touched its pages
                 else:
-                    txn.delete(key, db=chunks)
+                    self._delete_chunk(txn, key)
             for index, piece in pieces.items():
                 piece = piece[: max(0, size - index * CHUNK)]
                 if index < count and not _all_zeros(piece):
@@ -707,7 +719,7 @@ class Store:
                 if inode is not None:
                     for _, version, chunk in self._chunks_of(txn, ino):
                         if version > inode.generation:
-                            txn.delete(chunk, db=self.db["chunks"])
+                            self._delete_chunk(txn, chunk)
                 txn.delete(key, db=self.db["uploads"])
             return len(abandoned)
 
@@ -726,10 +738,8 @@ class Store:
                 return b""
             out = bytearray(end - offset)  # holes and short chunks read as zeros
             chunks = self.db["chunks"]
-            for index, version, key in self._chunks_of(txn, ino, offset // CHUNK):
+            for index, version, key in self._chunks_of(txn, ino, offset // CHUNK, -(-end // CHUNK)):
                 base = index * CHUNK
-                if base >= end:
-                    break
                 if version > inode.generation:
                     continue  # an upload in progress
                 value = txn.get(key, db=chunks)

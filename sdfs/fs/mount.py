@@ -28,6 +28,10 @@ from .binding import require_libfuse
 
 log = logging.getLogger(__name__)
 
+# what libfuse 3 (3.12 to 3.14) prints at every start because mfusepy leaves
+# its loop configuration at the defaults: noise, not a problem, so kept out of the log
+_LIBFUSE_NOISE = ("Ignoring invalid max threads value",)
+
 
 def _fusermount() -> str:
     for name in ("fusermount3", "fusermount"):
@@ -390,7 +394,8 @@ class _Captured:
             os.close(self._saved)
             self._saved = None
             self._file.seek(0)
-            self._text = self._file.read().decode(errors="replace")
+            text = self._file.read().decode(errors="replace")
+            self._text = "".join(line for line in text.splitlines(keepends=True) if not line.startswith(_LIBFUSE_NOISE))
             self._file.close()
             if pass_on and self._text:
                 os.write(2, self._text.encode())

@@ -14,6 +14,7 @@ from sdfs.fs.encoder import Encoder
 from sdfs.fs.filesystem import Filesystem
 from sdfs.store import CHUNK, Store
 from tests.images_factory import CANDIDATES
+from tests.mounting import wait_for
 
 READ = 128 << 10  # what the kernel asks per read call
 
@@ -167,8 +168,10 @@ def test_encoder_survives_a_failing_store_call(fs, monkeypatch):
     monkeypatch.setattr("sdfs.fs.encoder.RETRY_AFTER_S", 0.1)
     fs.encoder.notify()
     _put(fs, "/a.png", CANDIDATES["rgb.png"](), sync=True)
-    assert calls["n"] >= 2 and fs.encoder.state()["running"]
     assert fs.getxattr("/a.png", "user.sdfs.kind") == b"latent"
+    # the fsync'd file may have been taken without asking the queue: the next look does
+    wait_for(lambda: calls["n"] >= 2, 30, "the encoder to read its queue again")
+    assert fs.encoder.state()["running"]
 
 
 def test_fsync_waits_for_its_own_file_not_the_queue(tmp_path, tiny_vae):

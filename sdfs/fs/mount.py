@@ -306,8 +306,11 @@ def mount(args) -> int:
         libfuse_stderr.restore()
         readiness.begin()
 
+    destroyed = threading.Event()
+
     def on_destroy() -> None:
         # libfuse calls this after the unmount, for `sdfs umount` and SIGTERM alike
+        destroyed.set()
         notify("STOPPING=1", f"STATUS=unmounted {mountpoint}; finishing the encode batch in hand")
         _finish_quietly_on_sigterm()
         log.info("unmounted %s; finishing the encode batch in hand", mountpoint)
@@ -337,6 +340,8 @@ def mount(args) -> int:
         with libfuse_stderr:  # libfuse and fusermount say why they refuse on stderr only
             fuse_class()(SdfsOperations(fs, on_ready=on_ready, on_destroy=on_destroy), str(mountpoint), **options)
     except RuntimeError as error:
+        if destroyed.is_set():  # libfuse 3 returns the signal that ended the loop (SIGTERM): a clean stop
+            return 0
         fs.store.close()
         why = libfuse_stderr.reason() or f"libfuse failed ({error})"
         raise fail(SdfsError(f"cannot mount {mountpoint}: {why}")) from None

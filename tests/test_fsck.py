@@ -224,7 +224,7 @@ def test_a_lost_file_and_an_unlinked_inode(built, capsys):
         note = int.from_bytes(txn.pop(_key(_lookup_txn(store, txn, "docs")) + b"note.txt", db=store.db["dirents"]), "big")
         small = Inode(5000, 3, 0o100644, 0, 0, 0, 2, 0, 0, 0, 2, 0)  # nlink 0, not in orphans
         txn.put(_key(5000), small.pack(), db=store.db["inodes"])
-        txn.put(_chunk_key(5000, 0), b"hi", db=store.db["chunks"])
+        txn.put(_chunk_key(5000, 0, 0), b"hi", db=store.db["chunks"])
         gone = Inode(5001, 1, 0o40755, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # an rmdir'd directory still open: fine
         txn.put(_key(5001), gone.pack(), db=store.db["inodes"])
         txn.put(_key(5001), b"", db=store.db["orphans"])
@@ -245,7 +245,7 @@ def test_a_lost_file_and_an_unlinked_inode(built, capsys):
         assert store.get_xattr(note, b"user.comment") == b"kept"
         assert store.inode(5000) is None and store.read_raw  # purged with its chunks
         with store.reading() as txn:
-            assert txn.get(_chunk_key(5000, 0), db=store.db["chunks"]) is None
+            assert txn.get(_chunk_key(5000, 0, 0), db=store.db["chunks"]) is None
     finally:
         store.close()
 
@@ -261,8 +261,8 @@ def test_orphaned_data_is_deleted(built, capsys):
     path, _ = built
 
     def plant(store, txn):
-        txn.put(_chunk_key(7001, 0), b"x" * 100, db=store.db["chunks"])
-        txn.put(_chunk_key(7001, 1), b"y" * 100, db=store.db["chunks"])
+        txn.put(_chunk_key(7001, 0, 0), b"x" * 100, db=store.db["chunks"])
+        txn.put(_chunk_key(7001, 1, 0), b"y" * 100, db=store.db["chunks"])
         txn.put(_key(7002), b"SDFS not really a record", db=store.db["records"])
         txn.put(_key(7003) + b"user.x", b"v", db=store.db["xattrs"])
         txn.put(_key(7004), b"", db=store.db["pending"])
@@ -281,7 +281,7 @@ def test_orphaned_data_is_deleted(built, capsys):
     store = Store(path, readonly=True)
     try:
         with store.reading() as txn:
-            for db, key in (("chunks", _chunk_key(7001, 0)), ("records", _key(7002)), ("xattrs", _key(7003) + b"user.x"),
+            for db, key in (("chunks", _chunk_key(7001, 0, 0)), ("records", _key(7002)), ("xattrs", _key(7003) + b"user.x"),
                             ("pending", _key(7004)), ("orphans", _key(7005))):
                 assert txn.get(key, db=store.db[db]) is None, db
         assert store.record(_lookup(store, "/docs/note.txt")) is None

@@ -523,8 +523,9 @@ class Checker:
                 fixed = (stat.S_IFCHR if inode.rdev else stat.S_IFIFO) | stat.S_IMODE(mode)
             else:
                 fixed = types[0] | stat.S_IMODE(mode)
-            self.add("file-type", inode.ino, f"mode {mode:o} makes it a {_type_name(mode)}, but the inode is a "
-                     f"{KIND_NAMES[inode.kind]} inode", f"set the mode to {fixed:o}",
+            self.add("file-type", inode.ino, f"mode {mode:o} makes it a {_type_name(mode)}, but it is a "
+                     f"{_KIND_TEXT.get(inode.kind, KIND_NAMES[inode.kind] + ' file')}",
+                     f"make it a {_type_name(fixed)} (mode {fixed:o})",
                      self._set_fix(inode.ino, mode=fixed), PHASE_CONTENT)
             mode = fixed
         if inode.rdev and not (inode.kind == SPECIAL and stat.S_IFMT(mode) in (stat.S_IFCHR, stat.S_IFBLK)):
@@ -541,8 +542,8 @@ class Checker:
         live = _live(chunks, inode.generation)
         leftover = [c for c in chunks if live[c.index] is not c]
         if leftover:
-            self.add("leftover", ino, f"{_count(len(leftover), 'superseded chunk')} ({sum(c.length for c in leftover):,} "
-                     f"bytes) of older versions are still stored; a commit deletes what it replaces",
+            self.add("leftover", ino, f"{_count(len(leftover), 'chunk')} ({_count(sum(c.length for c in leftover), 'byte')}) "
+                     f"replaced by a newer version {_are(leftover)} still stored; a commit deletes what it replaces",
                      "delete them", self._delete_chunks_fix([c.key for c in leftover]), PHASE_CONTENT)
         for chunk in live.values():
             if chunk.length > CHUNK:
@@ -578,9 +579,9 @@ class Checker:
         stray = [c for c in self.snap.chunks.get(inode.ino, ()) if c.version > inode.generation and c.version != upload]
         if stray:
             versions = ", ".join(str(v) for v in sorted({c.version for c in stray}))
-            self.add("upload", inode.ino, f"{_count(len(stray), 'chunk')} ({sum(c.length for c in stray):,} bytes) of "
-                     f"version {versions}, above the file's generation {inode.generation}, belong to no upload in "
-                     f"progress", "delete them", self._delete_chunks_fix([c.key for c in stray]), PHASE_CLEANUP)
+            self.add("upload", inode.ino, f"{_count(len(stray), 'chunk')} ({_count(sum(c.length for c in stray), 'byte')}) "
+                     f"of version {versions}, above the file's generation {inode.generation}, "
+                     f"belong{'s' if len(stray) == 1 else ''} to no upload in progress", "delete them", self._delete_chunks_fix([c.key for c in stray]), PHASE_CLEANUP)
 
     def _check_upload_entries(self) -> None:
         for ino, version in sorted(self.snap.uploads.items()):
@@ -727,13 +728,13 @@ class Checker:
             inode = owners.get(ino)
             if inode is None or inode.kind in (DIR, SPECIAL):
                 holder = "missing inode" if inode is None else _what(inode)
-                self.add("orphaned-data", ino, f"{_count(len(chunks), 'chunk')}, {sum(c.length for c in chunks):,} bytes, "
-                         f"of a {holder}", "delete them", self._delete_prefix_fix("chunks", _key(ino)), PHASE_CLEANUP)
+                self.add("orphaned-data", ino, f"{_count(len(chunks), 'chunk')}, "
+                         f"{_count(sum(c.length for c in chunks), 'byte')}, of a {holder}", "delete them", self._delete_prefix_fix("chunks", _key(ino)), PHASE_CLEANUP)
             elif inode.kind == LATENT:  # its bytes are its record; only a writer's upload may sit in chunks
                 held = [c for c in chunks if c.version <= inode.generation]
                 if held:
-                    self.add("orphaned-data", ino, f"{_count(len(held), 'chunk')}, {sum(c.length for c in held):,} "
-                             f"bytes, of a latent file, whose bytes are its record", "delete them",
+                    self.add("orphaned-data", ino, f"{_count(len(held), 'chunk')}, {_count(sum(c.length for c in held), 'byte')}, "
+                             f"of a latent file, whose bytes are its record", "delete them",
                              self._delete_chunks_fix([c.key for c in held]), PHASE_CLEANUP)
         for ino, record in sorted(self.snap.records.items()):
             inode = owners.get(ino)
@@ -913,6 +914,13 @@ WRITABLE = (PENDING, VERBATIM, LATENT)  # kinds a writer can upload new content 
 _TYPE_NAMES = {stat.S_IFDIR: "directory", stat.S_IFREG: "regular file", stat.S_IFLNK: "symlink",
                stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device",
                stat.S_IFBLK: "block device"}
+
+
+_KIND_TEXT = {DIR: "directory", SYMLINK: "symlink", SPECIAL: "special file (FIFO, socket or device node)"}
+
+
+def _are(items) -> str:
+    return "is" if len(items) == 1 else "are"
 
 
 def _type_name(mode: int) -> str:

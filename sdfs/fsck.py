@@ -9,8 +9,9 @@ directory parents, that every inode is reachable from the root, that each
 file's mode matches its kind (FIFOs, sockets and device nodes included), that
 each file's chunks fit its size (holes read as zeros) and its record matches
 it (checksum, model, output length), that no superseded chunk or stray upload
-is left behind, and that no data belongs to an inode that does not exist. ``--decode`` also decodes every
-latent record with the model and checks its length.
+is left behind, and that no data belongs to an inode that does not exist.
+``--decode`` also decodes every latent record with the model and checks its
+length.
 
 ``--repair`` takes the store's writer lock (so it refuses while the store is
 mounted), applies every fix in write transactions and checks again. Nothing
@@ -294,7 +295,8 @@ def _scan_inode(snap: Snapshot, ino: int, value: bytes) -> None:
     try:
         inode = Inode.unpack(ino, value)
     except struct.error:
-        snap.bad_inodes[ino] = f"inode is {len(value)} bytes long, not {INODE_SIZES[0]} (or {INODE_SIZES[1]} from format 1)"
+        new, old = INODE_SIZES
+        snap.bad_inodes[ino] = f"inode is {len(value)} bytes long, not {new} (or {old} from format 1)"
         return
     if inode.kind not in KIND_NAMES:
         snap.bad_inodes[ino] = f"inode has unknown kind {inode.kind}"
@@ -529,8 +531,9 @@ class Checker:
                      self._set_fix(inode.ino, mode=fixed), PHASE_CONTENT)
             mode = fixed
         if inode.rdev and not (inode.kind == SPECIAL and stat.S_IFMT(mode) in (stat.S_IFCHR, stat.S_IFBLK)):
-            self.add("file-type", inode.ino, f"{_what(replace(inode, mode=mode))} has device number {inode.rdev:#x}; only "
-                     f"character and block devices have one", "set it to 0", self._set_fix(inode.ino, rdev=0),
+            what = _what(replace(inode, mode=mode))
+            self.add("file-type", inode.ino, f"{what} has device number {inode.rdev:#x}; only character and block "
+                     f"devices have one", "set it to 0", self._set_fix(inode.ino, rdev=0),
                      PHASE_CONTENT)
 
     def _check_chunks(self, inode: Inode) -> None:
@@ -542,12 +545,13 @@ class Checker:
         live = _live(chunks, inode.generation)
         leftover = [c for c in chunks if live[c.index] is not c]
         if leftover:
-            self.add("leftover", ino, f"{_count(len(leftover), 'chunk')} ({_count(sum(c.length for c in leftover), 'byte')}) "
-                     f"replaced by a newer version {_are(leftover)} still stored; a commit deletes what it replaces",
+            self.add("leftover", ino, f"{_chunks_text(leftover)} replaced by a newer version {_are(leftover)} still "
+                     f"stored; a commit deletes what it replaces",
                      "delete them", self._delete_chunks_fix([c.key for c in leftover]), PHASE_CONTENT)
         for chunk in live.values():
             if chunk.length > CHUNK:
-                self.add("content", ino, f"chunk {chunk.index} holds {chunk.length:,} bytes, more than a chunk's {CHUNK:,}",
+                self.add("content", ino, f"chunk {chunk.index} holds {chunk.length:,} bytes, more than a chunk's "
+                         f"{CHUNK:,}",
                          "split it into chunks of 1 MiB", self._chunks_fix(ino), PHASE_CONTENT)
         end = max((c.index * CHUNK + c.length for c in live.values()), default=0)
         past = [c for c in live.values() if c.index * CHUNK + c.length > inode.size]
@@ -579,9 +583,9 @@ class Checker:
         stray = [c for c in self.snap.chunks.get(inode.ino, ()) if c.version > inode.generation and c.version != upload]
         if stray:
             versions = ", ".join(str(v) for v in sorted({c.version for c in stray}))
-            self.add("upload", inode.ino, f"{_count(len(stray), 'chunk')} ({_count(sum(c.length for c in stray), 'byte')}) "
-                     f"of version {versions}, above the file's generation {inode.generation}, "
-                     f"belong{'s' if len(stray) == 1 else ''} to no upload in progress", "delete them", self._delete_chunks_fix([c.key for c in stray]), PHASE_CLEANUP)
+            self.add("upload", inode.ino, f"{_chunks_text(stray)} of version {versions}, above the file's generation "
+                     f"{inode.generation}, belong{'s' if len(stray) == 1 else ''} to no upload in progress",
+                     "delete them", self._delete_chunks_fix([c.key for c in stray]), PHASE_CLEANUP)
 
     def _check_upload_entries(self) -> None:
         for ino, version in sorted(self.snap.uploads.items()):
@@ -728,13 +732,13 @@ class Checker:
             inode = owners.get(ino)
             if inode is None or inode.kind in (DIR, SPECIAL):
                 holder = "missing inode" if inode is None else _what(inode)
-                self.add("orphaned-data", ino, f"{_count(len(chunks), 'chunk')}, "
-                         f"{_count(sum(c.length for c in chunks), 'byte')}, of a {holder}", "delete them", self._delete_prefix_fix("chunks", _key(ino)), PHASE_CLEANUP)
+                self.add("orphaned-data", ino, f"{_chunks_text(chunks)} of a {holder}", "delete them",
+                         self._delete_prefix_fix("chunks", _key(ino)), PHASE_CLEANUP)
             elif inode.kind == LATENT:  # its bytes are its record; only a writer's upload may sit in chunks
                 held = [c for c in chunks if c.version <= inode.generation]
                 if held:
-                    self.add("orphaned-data", ino, f"{_count(len(held), 'chunk')}, {_count(sum(c.length for c in held), 'byte')}, "
-                             f"of a latent file, whose bytes are its record", "delete them",
+                    self.add("orphaned-data", ino, f"{_chunks_text(held)} of a latent file, whose bytes are its record",
+                             "delete them",
                              self._delete_chunks_fix([c.key for c in held]), PHASE_CLEANUP)
         for ino, record in sorted(self.snap.records.items()):
             inode = owners.get(ino)
@@ -923,14 +927,18 @@ def _are(items) -> str:
     return "is" if len(items) == 1 else "are"
 
 
+def _chunks_text(chunks: list[Chunk]) -> str:
+    return f"{_count(len(chunks), 'chunk')} ({_count(sum(c.length for c in chunks), 'byte')})"
+
+
 def _type_name(mode: int) -> str:
     return _TYPE_NAMES.get(stat.S_IFMT(mode), f"file of unknown type {stat.S_IFMT(mode):o}")
 
 
 def _what(inode: Inode) -> str:
     """How messages name an inode: 'directory', 'verbatim file', 'FIFO'…"""
-    if inode.kind == DIR:
-        return "directory"
+    if inode.kind in (DIR, SYMLINK):
+        return KIND_NAMES[inode.kind]
     if inode.kind == SPECIAL:
         return _type_name(inode.mode)
     return f"{KIND_NAMES[inode.kind]} file"
@@ -986,15 +994,6 @@ def _links_text(inode: Inode, expected: int) -> str:
 
 def _show(name: bytes) -> str:
     return os.fsdecode(name)
-
-
-def _prefixed(txn, db, prefix: bytes):
-    cursor = txn.cursor(db=db)
-    if cursor.set_range(prefix):
-        for key, value in cursor:
-            if not key.startswith(prefix):
-                break
-            yield key, value
 
 
 def _delete_prefix(txn, db, prefix: bytes) -> None:

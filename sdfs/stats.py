@@ -3,6 +3,9 @@
 Reads the store through a read-only LMDB snapshot, so it runs beside a live
 mount; the live mount's own figures (cache hit ratio, queue) come from the
 root's user.sdfs.daemon xattr. A human table by default, --json for scripts.
+Besides the files and their bytes: special files by type, hard-linked files
+(their bytes counted once), and data.mdb's size against the part in use
+(LMDB keeps freed pages for reuse; `sdfs compact` gives them back).
 """
 
 from __future__ import annotations
@@ -112,7 +115,7 @@ def collect(store: Store) -> dict:
         "format_version": store.format_version(),
         "model": store.model(),
         "files": dict(files),
-        "special": {name: special[name] for name in (*SPECIAL_TYPES.values(), "other") if special[name] or name != "other"},
+        "special": {name: n for name in (*SPECIAL_TYPES.values(), "other") if (n := special[name]) or name != "other"},
         "hard_links": hard_links,
         "verdicts": {
             "latent": verdicts[KEEP_LATENT],

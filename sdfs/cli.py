@@ -159,6 +159,12 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     return run_fsck(args)
 
 
+def cmd_compact(args: argparse.Namespace) -> int:
+    from .compact import run_compact
+
+    return run_compact(args)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_codec_bench
 
@@ -244,6 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
     fsck.add_argument("--json", action="store_true", help="machine-readable report")
     _add_model_options(fsck, encoding=False)
     fsck.set_defaults(run=cmd_fsck)
+
+    compact = commands.add_parser(
+        "compact", help="shrink data.mdb to the store's live size (needs the store unmounted)",
+        description="LMDB keeps the pages that deleted files freed for reuse, so data.mdb never shrinks by "
+        "itself (`sdfs stats` shows its size and the part in use). compact rewrites it with only the live "
+        "pages and swaps it in atomically; it needs free disk space for the copy.",
+    )
+    compact.add_argument("store", type=Path)
+    compact.set_defaults(run=cmd_compact)
 
     bench = commands.add_parser("bench", help="benchmarks")
     bench_kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")

@@ -4,11 +4,14 @@ e2fsck or ``restic check``.
 The check reads one consistent LMDB snapshot, opened read-only, so it runs
 beside a mount. It verifies every invariant listed in docs/FORMAT.md
 ("Checking a store"): the meta records, that every inode unpacks, that every
-directory entry leads somewhere, link counts and directory parents, that
-every inode is reachable from the root, that each file's chunks or record
-hold exactly its size (records: checksum, model, output length), and that no
-data belongs to an inode that does not exist. ``--decode`` also decodes every
-latent record with the model and checks its length.
+directory entry leads somewhere, link counts (hard links included) and
+directory parents, that every inode is reachable from the root, that each
+file's mode matches its kind (FIFOs, sockets and device nodes included), that
+each file's chunks fit its size (holes read as zeros) and its record matches
+it (checksum, model, output length), that no superseded chunk or stray upload
+is left behind, and that no data belongs to an inode that does not exist.
+``--decode`` also decodes every latent record with the model and checks its
+length.
 
 ``--repair`` takes the store's writer lock (so it refuses while the store is
 mounted), applies every fix in write transactions and checks again. Nothing
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import struct
 import sys
 from collections import Counter, defaultdict
@@ -39,8 +43,8 @@ import lmdb
 
 from .errors import SdfsError
 from .progress import Progress
-from .store import CHUNK, DIR, KIND_NAMES, LATENT, PENDING, ROOT, SYMLINK, VERBATIM, Inode, Store
-from .store.store import _key, now_ns
+from .store import CHUNK, DIR, KIND_NAMES, LATENT, PENDING, ROOT, SPECIAL, SYMLINK, VERBATIM, Inode, Store
+from .store.store import CONTENT_KINDS, INODE_SIZES, _chunk_key, _key, chunk_key_parts, now_ns
 
 EXIT_CLEAN, EXIT_REPAIRED, EXIT_LEFT, EXIT_FAILED = 0, 1, 4, 8
 LOST_FOUND = b"lost+found"
@@ -58,7 +62,10 @@ ACTIONS = {
     "dirparent": "rewrite directory parents",
     "lost": "move lost inodes to /lost+found",
     "unlinked": "purge unlinked inodes",
-    "content": "fix file sizes",
+    "content": "fix file sizes and chunks",
+    "leftover": "delete superseded chunks",
+    "upload": "delete stray uploads",
+    "file-type": "fix file types and device numbers",
     "missing-record": "move files without a record to /lost+found",
     "corrupt-record": "move files with a corrupt record to /lost+found",
     "record-model": "nothing (another model)",
@@ -99,6 +106,13 @@ class Problem:
         return {"kind": self.kind, "ino": self.ino, "path": self.path, "detail": self.detail, "repair": self.repair}
 
 
+class Chunk(NamedTuple):
+    index: int
+    version: int  # 0 for a version-1 key (ino | index)
+    length: int
+    key: bytes
+
+
 class Entry(NamedTuple):
     parent: int
     name: bytes
@@ -122,7 +136,8 @@ class Snapshot:
     bad_inodes: dict[int, str] = field(default_factory=dict)  # ino -> why it does not unpack
     entries: list[Entry] = field(default_factory=list)
     dirparents: dict[int, int] = field(default_factory=dict)
-    chunks: dict[int, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))  # ino -> {index: length}
+    chunks: dict[int, list[Chunk]] = field(default_factory=lambda: defaultdict(list))  # ino -> its chunks, in key order
+    uploads: dict[int, int] = field(default_factory=dict)  # ino -> version of its upload in progress
     records: dict[int, RecordInfo] = field(default_factory=dict)
     pending: set[int] = field(default_factory=set)
     orphans: set[int] = field(default_factory=set)
@@ -251,10 +266,17 @@ def scan(store: Store) -> Snapshot:
                     continue
                 snap.dirparents[_ino(key)] = _ino(value)
             for key, value in txn.cursor(db=db["chunks"]):
-                if len(key) != 12:
+                if len(key) not in CHUNK_KEY_SIZES:
                     snap.malformed.append(("chunks", key))
                     continue
-                snap.chunks[_ino(key)][int.from_bytes(key[8:], "big")] = len(value)
+                _, index, version = chunk_key_parts(key)
+                snap.chunks[_ino(key)].append(Chunk(index, version, len(value), key))
+            if db["uploads"] is not None:  # absent from a version-1 store opened read-only
+                for key, value in txn.cursor(db=db["uploads"]):
+                    if len(key) != 8 or len(value) != 8:
+                        snap.malformed.append(("uploads", key))
+                        continue
+                    snap.uploads[_ino(key)] = int.from_bytes(value, "big")
             for name, found in (("pending", snap.pending), ("orphans", snap.orphans)):
                 for key in txn.cursor(db=db[name]).iternext(values=False):
                     if len(key) != 8:
@@ -273,7 +295,8 @@ def _scan_inode(snap: Snapshot, ino: int, value: bytes) -> None:
     try:
         inode = Inode.unpack(ino, value)
     except struct.error:
-        snap.bad_inodes[ino] = f"inode is {len(value)} bytes long, not {_INODE_SIZE}"
+        new, old = INODE_SIZES
+        snap.bad_inodes[ino] = f"inode is {len(value)} bytes long, not {new} (or {old} from format 1)"
         return
     if inode.kind not in KIND_NAMES:
         snap.bad_inodes[ino] = f"inode has unknown kind {inode.kind}"
@@ -281,7 +304,7 @@ def _scan_inode(snap: Snapshot, ino: int, value: bytes) -> None:
     snap.inodes[ino] = inode
 
 
-_INODE_SIZE = len(Inode(0, DIR, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0).pack())
+CHUNK_KEY_SIZES = (20, 12)  # ino | index | version; version-1 stores: ino | index (read as version 0)
 
 
 def _record_info(container, value: bytes) -> RecordInfo:
@@ -398,8 +421,14 @@ class Checker:
             return replace(base, kind=DIR, mode=0o40700, nlink=2), "a directory (mode 0700)"
         if record and record.error is None:
             return replace(base, kind=LATENT, size=record.output_length, stored=record.length), "a latent file (mode 0600)"
-        size = sum(self.snap.chunks.get(ino, {}).values())
-        return replace(base, size=size, stored=size), f"a verbatim file of its {size:,} stored bytes (mode 0600)"
+        upload = self.snap.uploads.get(ino)
+        content = [c for c in self.snap.chunks.get(ino, ()) if c.version != upload]
+        generation = max([1, *(c.version for c in content)])  # every chunk it has becomes its content
+        size = max((c.index * CHUNK + c.length for c in content), default=0)
+        stored = sum(c.length for c in _live(content, generation).values())
+        holes = "" if stored == size else f", {size:,} bytes long with holes"
+        return (replace(base, size=size, stored=stored, generation=generation),
+                f"a verbatim file of its {stored:,} stored bytes{holes} (mode 0600)")
 
     def _put_inode_fix(self, inode: Inode):
         return lambda txn: txn.put(_key(inode.ino), inode.pack(), db=self.db["inodes"])
@@ -473,25 +502,105 @@ class Checker:
 
     def check_content(self) -> None:
         for ino, inode in self.inodes.items():
+            self._check_type(inode)
             if inode.kind == LATENT:
                 self._check_latent(inode)
-            elif inode.kind in (VERBATIM, PENDING, SYMLINK):
+            elif inode.kind in CONTENT_KINDS:
                 self._check_chunks(inode)
+            elif inode.size or inode.stored:  # directories and special files hold no bytes
+                self.add("content", ino, f"{_what(inode)} has size {inode.size:,} and stored {inode.stored:,}; "
+                         f"it holds no bytes", "set both to 0", self._set_fix(ino, size=0, stored=0), PHASE_CONTENT)
+            if inode.kind in CONTENT_KINDS or inode.kind == LATENT:
+                self._check_stray_uploads(inode)
+        self._check_upload_entries()
+
+    def _check_type(self, inode: Inode) -> None:
+        """The mode's file type is what the kernel sees (st_mode); the kind is
+        what the store does with the inode. The kind wins: a special file's
+        type is a guess, a character device if it has a device number."""
+        types = FILE_TYPES[inode.kind]
+        mode = inode.mode
+        if stat.S_IFMT(mode) not in types:
+            if inode.kind == SPECIAL:
+                fixed = (stat.S_IFCHR if inode.rdev else stat.S_IFIFO) | stat.S_IMODE(mode)
+            else:
+                fixed = types[0] | stat.S_IMODE(mode)
+            self.add("file-type", inode.ino, f"mode {mode:o} makes it a {_type_name(mode)}, but it is a "
+                     f"{_KIND_TEXT.get(inode.kind, KIND_NAMES[inode.kind] + ' file')}",
+                     f"make it a {_type_name(fixed)} (mode {fixed:o})",
+                     self._set_fix(inode.ino, mode=fixed), PHASE_CONTENT)
+            mode = fixed
+        if inode.rdev and not (inode.kind == SPECIAL and stat.S_IFMT(mode) in (stat.S_IFCHR, stat.S_IFBLK)):
+            what = _what(replace(inode, mode=mode))
+            self.add("file-type", inode.ino, f"{what} has device number {inode.rdev:#x}; only character and block "
+                     f"devices have one", "set it to 0", self._set_fix(inode.ino, rdev=0),
+                     PHASE_CONTENT)
 
     def _check_chunks(self, inode: Inode) -> None:
-        chunks = self.snap.chunks.get(inode.ino, {})
-        count = -(-inode.size // CHUNK)
-        expected = {i: min(CHUNK, inode.size - i * CHUNK) for i in range(count)}
-        if chunks != expected:
-            held = sum(chunks.values())
-            self.add("content", inode.ino,
-                     f"{KIND_NAMES[inode.kind]} file of size {inode.size:,} has {len(chunks)} chunk(s) holding {held:,} bytes"
-                     f" (expected {count} holding {inode.size:,})",
-                     f"set its size to the {held:,} bytes its chunks hold, joined in order",
-                     self._rechunk_fix(inode.ino), PHASE_CONTENT)
-        elif inode.stored != inode.size:
-            self.add("content", inode.ino, f"stored is {inode.stored:,} but the file holds {inode.size:,} bytes",
-                     f"set stored to {inode.size:,}", self._set_fix(inode.ino, stored=inode.size), PHASE_CONTENT)
+        """The hole rule (docs/FORMAT.md): per index, the chunk of the highest
+        version up to the generation is the content; it must lie inside the
+        size; missing or short chunks read as zeros."""
+        ino = inode.ino
+        chunks = [c for c in self.snap.chunks.get(ino, ()) if c.version <= inode.generation]
+        live = _live(chunks, inode.generation)
+        leftover = [c for c in chunks if live[c.index] is not c]
+        if leftover:
+            self.add("leftover", ino, f"{_chunks_text(leftover)} replaced by a newer version {_are(leftover)} still "
+                     f"stored; a commit deletes what it replaces",
+                     "delete them", self._delete_chunks_fix([c.key for c in leftover]), PHASE_CONTENT)
+        for chunk in live.values():
+            if chunk.length > CHUNK:
+                self.add("content", ino, f"chunk {chunk.index} holds {chunk.length:,} bytes, more than a chunk's "
+                         f"{CHUNK:,}",
+                         "split it into chunks of 1 MiB", self._chunks_fix(ino), PHASE_CONTENT)
+        end = max((c.index * CHUNK + c.length for c in live.values()), default=0)
+        past = [c for c in live.values() if c.index * CHUNK + c.length > inode.size]
+        what = _what(inode)
+        if inode.kind == SYMLINK and end != inode.size:  # a target has no holes: it is exactly its bytes
+            self.add("content", ino, f"{what} of size {inode.size:,} has a target of {end:,} stored bytes",
+                     f"set its size to {end:,}", self._chunks_fix(ino), PHASE_CONTENT)
+        elif past:
+            self.add("content", ino, f"{what} of size {inode.size:,} has {_count(len(past), 'chunk')} past its size "
+                     f"(the last ends at byte {end:,})", f"set its size to {end:,}, keeping every stored byte",
+                     self._chunks_fix(ino), PHASE_CONTENT)
+        held = sum(c.length for c in live.values())
+        if inode.stored != held:
+            self.add("content", ino, f"stored is {inode.stored:,} but its chunks hold {held:,} bytes",
+                     f"set stored to {held:,}", self._chunks_fix(ino), PHASE_CONTENT)
+
+    def _upload_in_progress(self, inode: Inode) -> int | None:
+        """The version of a writer's upload to this file, if the uploads table names a valid one."""
+        version = self.snap.uploads.get(inode.ino)
+        if version is not None and inode.kind in WRITABLE and version > inode.generation:
+            return version
+        return None
+
+    def _check_stray_uploads(self, inode: Inode) -> None:
+        """Chunks above the generation are a writer's upload only while the
+        uploads table names their version; otherwise nobody will commit or
+        drop them (a mount drops only what the table names)."""
+        upload = self._upload_in_progress(inode)
+        stray = [c for c in self.snap.chunks.get(inode.ino, ()) if c.version > inode.generation and c.version != upload]
+        if stray:
+            versions = ", ".join(str(v) for v in sorted({c.version for c in stray}))
+            self.add("upload", inode.ino, f"{_chunks_text(stray)} of version {versions}, above the file's generation "
+                     f"{inode.generation}, belong{'s' if len(stray) == 1 else ''} to no upload in progress",
+                     "delete them", self._delete_chunks_fix([c.key for c in stray]), PHASE_CLEANUP)
+
+    def _check_upload_entries(self) -> None:
+        for ino, version in sorted(self.snap.uploads.items()):
+            inode = self.inodes.get(ino)
+            if inode is None:
+                continue  # data of a missing inode: check_orphaned_data
+            if inode.kind not in WRITABLE:
+                why = f"names a {_what(inode)}, which is never written through uploads"
+            elif version <= inode.generation:
+                why = (f"names version {version}, not above the file's generation {inode.generation} "
+                       f"(its commit should have removed the entry)")
+            else:
+                continue
+            self.add("upload", ino, f"uploads entry {why}", "delete the entry",
+                     self._delete_keys_fix("uploads", _key(ino)), PHASE_CLEANUP)
 
     def _check_latent(self, inode: Inode) -> None:
         record = self.snap.records.get(inode.ino)
@@ -621,10 +730,16 @@ class Checker:
         owners = {**self.inodes}
         for ino, chunks in sorted(self.snap.chunks.items()):
             inode = owners.get(ino)
-            if inode is None or inode.kind in (DIR, LATENT):
-                holder = "missing inode" if inode is None else KIND_NAMES[inode.kind]
-                self.add("orphaned-data", ino, f"{len(chunks)} chunk(s), {sum(chunks.values()):,} bytes, of a {holder}",
-                         "delete them", self._delete_prefix_fix("chunks", _key(ino)), PHASE_CLEANUP)
+            if inode is None or inode.kind in (DIR, SPECIAL):
+                holder = "missing inode" if inode is None else _what(inode)
+                self.add("orphaned-data", ino, f"{_chunks_text(chunks)} of a {holder}", "delete them",
+                         self._delete_prefix_fix("chunks", _key(ino)), PHASE_CLEANUP)
+            elif inode.kind == LATENT:  # its bytes are its record; only a writer's upload may sit in chunks
+                held = [c for c in chunks if c.version <= inode.generation]
+                if held:
+                    self.add("orphaned-data", ino, f"{_chunks_text(held)} of a latent file, whose bytes are its record",
+                             "delete them",
+                             self._delete_chunks_fix([c.key for c in held]), PHASE_CLEANUP)
         for ino, record in sorted(self.snap.records.items()):
             inode = owners.get(ino)
             if (inode is None or inode.kind != LATENT) and ino not in self.snap.bad_inodes:
@@ -635,7 +750,8 @@ class Checker:
             if ino not in owners:
                 self.add("orphaned-data", ino, f"{len(names)} xattr(s) of a missing inode", "delete them",
                          self._delete_prefix_fix("xattrs", _key(ino)), PHASE_CLEANUP)
-        for name, inos in (("pending", self.snap.pending), ("orphans", self.snap.orphans)):
+        for name, inos in (("pending", self.snap.pending), ("orphans", self.snap.orphans),
+                           ("uploads", set(self.snap.uploads))):
             for ino in sorted(inos - owners.keys()):
                 self.add("orphaned-data", ino, f"{name} entry of a missing inode", "delete it",
                          self._delete_keys_fix(name, _key(ino)), PHASE_CLEANUP)
@@ -666,17 +782,42 @@ class Checker:
     def _delete_prefix_fix(self, db: str, prefix: bytes):
         return lambda txn: _delete_prefix(txn, self.db[db], prefix)
 
-    def _rechunk_fix(self, ino: int):
+    def _delete_chunks_fix(self, keys: list[bytes]):
         def fix(txn):
-            inode = self._inode_in(txn, ino)
-            if inode is None:
-                return
-            data = b"".join(value for _, value in _prefixed(txn, self.db["chunks"], _key(ino)))
-            _delete_prefix(txn, self.db["chunks"], _key(ino))
-            self.store._put_chunks(txn, ino, data)
-            self._put(txn, replace(inode, size=len(data), stored=len(data), generation=inode.generation + 1))
+            for key in keys:
+                txn.delete(key, db=self.db["chunks"])
 
         return fix
+
+    def _chunks_fix(self, ino: int):
+        """Bring a file's chunks and inode to the rule, whichever of its
+        problems is fixed first (running it again changes nothing): chunks over
+        1 MiB split, the size extended over every chunk (a symlink's set to its
+        target's length), stored set to the bytes held."""
+
+        def fix(txn):
+            inode = self._inode_in(txn, ino)
+            if inode is None or inode.kind not in CONTENT_KINDS:
+                return
+            chunks = self.db["chunks"]
+            live = self._live_keys(txn, inode)
+            if any(len(txn.get(key, db=chunks)) > CHUNK for key in live.values()):
+                _split_oversized(txn, chunks, ino, inode.generation, live)
+                live = self._live_keys(txn, inode)
+            lengths = {index: len(txn.get(key, db=chunks)) for index, key in live.items()}
+            end = max((index * CHUNK + n for index, n in lengths.items()), default=0)
+            size = end if inode.kind == SYMLINK else max(inode.size, end)
+            self._put(txn, replace(inode, size=size, stored=sum(lengths.values())))
+
+        return fix
+
+    def _live_keys(self, txn, inode: Inode) -> dict[int, bytes]:
+        """index -> key of the chunk a read uses (keys sort by version: the last one up to the generation)."""
+        live = {}
+        for index, version, key in self.store._chunks_of(txn, inode.ino):
+            if version <= inode.generation:
+                live[index] = key
+        return live
 
     def _record_to_file_fix(self, ino: int, name: bytes, suffix: str):
         entries = list(self.links.get(ino, ()))
@@ -687,7 +828,9 @@ class Checker:
                 return
             raw = txn.get(_key(ino), db=self.db["records"]) or b""
             self.store._delete_content(txn, ino)
-            self.store._put_chunks(txn, ino, raw)
+            txn.delete(_key(ino), db=self.db["uploads"])  # repair runs unmounted: no writer will commit it
+            generation = inode.generation + 1
+            stored = self.store._put_chunks(txn, ino, raw, generation)[1]
             for entry in entries:
                 key = _key(entry.parent) + entry.name
                 if txn.get(key, db=self.db["dirents"]) == _key(ino):
@@ -697,8 +840,8 @@ class Checker:
             txn.delete(_key(ino), db=self.db["orphans"])
             verdict = f"fsck: the latent record was {suffix.split('-')[0]}; these are its raw bytes"
             txn.put(_key(ino) + b"sdfs.verdict", verdict.encode(), db=self.db["xattrs"])
-            self._put(txn, replace(inode, kind=VERBATIM, size=len(raw), stored=len(raw), nlink=1,
-                                   ctime_ns=now_ns(), generation=inode.generation + 1))
+            self._put(txn, replace(inode, kind=VERBATIM, size=len(raw), stored=stored, nlink=1,
+                                   ctime_ns=now_ns(), generation=generation))
 
         return fix
 
@@ -727,7 +870,7 @@ class Checker:
             if inode is None or inode.nlink > 0:
                 return
             self.store._delete_content(txn, ino)
-            for name in ("inodes", "orphans", "pending", "dirparents"):
+            for name in ("inodes", "orphans", "pending", "dirparents", "uploads"):
                 txn.delete(_key(ino), db=self.db[name])
             _delete_prefix(txn, self.db["xattrs"], _key(ino))
 
@@ -766,6 +909,74 @@ class Checker:
         return ino
 
 
+# the file types a kind's mode may have (the first is the one repair sets)
+FILE_TYPES = {
+    DIR: (stat.S_IFDIR,), PENDING: (stat.S_IFREG,), VERBATIM: (stat.S_IFREG,), LATENT: (stat.S_IFREG,),
+    SYMLINK: (stat.S_IFLNK,), SPECIAL: (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK),
+}
+WRITABLE = (PENDING, VERBATIM, LATENT)  # kinds a writer can upload new content to
+_TYPE_NAMES = {stat.S_IFDIR: "directory", stat.S_IFREG: "regular file", stat.S_IFLNK: "symlink",
+               stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device",
+               stat.S_IFBLK: "block device"}
+
+
+_KIND_TEXT = {DIR: "directory", SYMLINK: "symlink", SPECIAL: "special file (FIFO, socket or device node)"}
+
+
+def _are(items) -> str:
+    return "is" if len(items) == 1 else "are"
+
+
+def _chunks_text(chunks: list[Chunk]) -> str:
+    return f"{_count(len(chunks), 'chunk')} ({_count(sum(c.length for c in chunks), 'byte')})"
+
+
+def _type_name(mode: int) -> str:
+    return _TYPE_NAMES.get(stat.S_IFMT(mode), f"file of unknown type {stat.S_IFMT(mode):o}")
+
+
+def _what(inode: Inode) -> str:
+    """How messages name an inode: 'directory', 'verbatim file', 'FIFO'…"""
+    if inode.kind in (DIR, SYMLINK):
+        return KIND_NAMES[inode.kind]
+    if inode.kind == SPECIAL:
+        return _type_name(inode.mode)
+    return f"{KIND_NAMES[inode.kind]} file"
+
+
+def _live(chunks: list[Chunk], generation: int) -> dict[int, Chunk]:
+    """index -> the chunk a read uses: of those up to ``generation``, the last
+    in key order (the highest version)."""
+    return {c.index: c for c in chunks if c.version <= generation}
+
+
+def _split_oversized(txn, db, ino: int, version: int, live: dict[int, bytes]) -> None:
+    """Cut chunks longer than CHUNK into chunks of CHUNK at the next indexes,
+    giving the bytes a read gave: a long chunk's bytes from its index on, the
+    next indexes' own chunks read over them."""
+    carry, at = b"", 0  # bytes a long chunk lays over indexes `at` onward
+
+    def flush(until: int) -> None:
+        nonlocal carry, at
+        while carry and at < until:
+            piece, carry = carry[:CHUNK], carry[CHUNK:]
+            if piece.count(0) != len(piece):  # all zeros: a hole, not stored
+                txn.put(_chunk_key(ino, at, version), piece, db=db)
+            at += 1
+
+    for index in sorted(live):
+        flush(index)
+        value = txn.get(live[index], db=db)
+        if not carry and len(value) <= CHUNK:
+            continue
+        merged = bytearray(carry)
+        merged[: len(value)] = value
+        txn.delete(live[index], db=db)
+        carry, at = bytes(merged), index
+        flush(index + 1)
+    flush(1 << 64)
+
+
 def find_problems(store: Store, snapshot: Snapshot) -> list[Problem]:
     return Checker(store, snapshot).run()
 
@@ -783,15 +994,6 @@ def _links_text(inode: Inode, expected: int) -> str:
 
 def _show(name: bytes) -> str:
     return os.fsdecode(name)
-
-
-def _prefixed(txn, db, prefix: bytes):
-    cursor = txn.cursor(db=db)
-    if cursor.set_range(prefix):
-        for key, value in cursor:
-            if not key.startswith(prefix):
-                break
-            yield key, value
 
 
 def _delete_prefix(txn, db, prefix: bytes) -> None:
@@ -819,7 +1021,7 @@ def decode_problems(store: Store, args) -> list[Problem]:
     at another length than the inode's size."""
     with store.reading() as txn:
         latents = [Inode.unpack(_ino(k), v) for k, v in txn.cursor(db=store.db["inodes"])
-                   if len(v) == _INODE_SIZE and v[0] == LATENT]
+                   if len(v) in INODE_SIZES and v[0] == LATENT]
     if not latents:
         return []
     codec = _load_matching_codec(store, args)

@@ -3,12 +3,16 @@
 Reads the store through a read-only LMDB snapshot, so it runs beside a live
 mount; the live mount's own figures (cache hit ratio, queue) come from the
 root's user.sdfs.daemon xattr. A human table by default, --json for scripts.
+Besides the files and their bytes: special files by type, hard-linked files
+(their bytes counted once), and data.mdb's size against the part in use
+(LMDB keeps freed pages for reuse; `sdfs compact` gives them back).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import stat
 import struct
 import sys
 from collections import Counter
@@ -20,10 +24,27 @@ from .fs.control import daemon_state, mount_of, store_of
 from .ingest import (BELOW_FLOOR, KEEP_LATENT, KEEP_ORIGINAL, KEPT_WHY_TEXT, NOT_SMALLER, ORIGINAL_BYTES,
                      STORED_VERBATIM, VERDICT, kept_original_why)
 from .progress import human_bytes
-from .store import DIR, KIND_NAMES, LATENT, SYMLINK, Inode, Store
+from .store import DIR, KIND_NAMES, LATENT, SPECIAL, SYMLINK, Inode, Store
 from .store.store import _key
 
 PERCENTILES = (0, 5, 25, 50, 75, 95, 100)
+SPECIAL_TYPES = {stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFCHR: "char", stat.S_IFBLK: "block"}
+LMDB_META_PAGES = 2  # LMDB's two meta pages, in every data.mdb
+
+
+def lmdb_space(store: Store) -> dict:
+    """data.mdb's size against the bytes its live pages take. LMDB never
+    shrinks its file: pages freed by deletes go to a free list and are reused
+    by later writes, so the file can be far larger than what it holds. Pages
+    in use: the meta pages and every page of the main and named databases
+    (py-lmdb does not expose the free list's own few pages: left out)."""
+    with store.reading() as txn:
+        stats = [store.env.stat()] + [txn.stat(db) for db in store.db.values() if db is not None]
+    psize = stats[0]["psize"]
+    pages = LMDB_META_PAGES + sum(s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"] for s in stats)
+    size = (store.path / "data.mdb").stat().st_size
+    used = min(pages * psize, size)
+    return {"file": size, "used": used, "free": size - used, "page_size": psize}
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -49,6 +70,8 @@ def collect(store: Store) -> dict:
     bytes_in = {"latent": 0, "verbatim": 0, "pending": 0}
     bytes_stored = {"latent": 0, "verbatim": 0, "pending": 0, "metadata": 0}
     fidelity: dict[str, dict[str, list[float]]] = {}
+    special = Counter()
+    hard_links = {"files": 0, "extra_names": 0}  # files with several names: counted, and their bytes, once
     unreadable = 0
     with store.reading() as txn:
         xattrs = store.db["xattrs"]
@@ -62,7 +85,12 @@ def collect(store: Store) -> dict:
             if inode.nlink == 0:
                 kind = "unlinked, still open"
             files[kind] += 1
-            if inode.kind in (DIR, SYMLINK) or inode.nlink == 0:
+            if inode.kind == SPECIAL and inode.nlink:
+                special[SPECIAL_TYPES.get(stat.S_IFMT(inode.mode), "other")] += 1
+            if inode.kind != DIR and inode.nlink > 1:
+                hard_links["files"] += 1
+                hard_links["extra_names"] += inode.nlink - 1
+            if inode.kind in (DIR, SYMLINK, SPECIAL) or inode.nlink == 0:
                 continue
             verdict = (txn.get(_key(inode.ino) + VERDICT, db=xattrs) or b"").decode(errors="replace")
             if verdict:
@@ -81,14 +109,14 @@ def collect(store: Store) -> dict:
                     figures = fidelity.setdefault(m.decoder, {"psnr": [], "ssim": []})
                     figures["psnr"].append(float(m.fidelity.psnr))
                     figures["ssim"].append(float(m.fidelity.ssim))
-        info = store.env.info()
-        stat = store.env.stat()
     total_in, total_stored = sum(bytes_in.values()), sum(v for k, v in bytes_stored.items() if k != "metadata")
     return {
         "store": str(store.path.resolve()),
         "format_version": store.format_version(),
         "model": store.model(),
         "files": dict(files),
+        "special": {name: n for name in (*SPECIAL_TYPES.values(), "other") if (n := special[name]) or name != "other"},
+        "hard_links": hard_links,
         "verdicts": {
             "latent": verdicts[KEEP_LATENT],
             "kept_original_below_floor": verdicts[f"{KEEP_ORIGINAL}:{BELOW_FLOOR}"],
@@ -101,9 +129,8 @@ def collect(store: Store) -> dict:
             "savings_ratio": round(total_in / total_stored, 3) if total_stored else None,
             "written_by_kind": bytes_in,
             "stored_by_kind": {k: v for k, v in bytes_stored.items() if k != "metadata"},
-            "lmdb_file": (store.path / "data.mdb").stat().st_size,
-            "lmdb_used": (info["last_pgno"] + 1) * stat["psize"],
         },
+        "space": lmdb_space(store),
         "fidelity": {decoder: {name: distribution(values) for name, values in figures.items()}
                      for decoder, figures in sorted(fidelity.items())},
         "unreadable": unreadable,
@@ -142,6 +169,18 @@ def run_stats(args) -> int:
     return 0
 
 
+SPECIAL_NAMES = {"fifo": "FIFO", "socket": "socket", "char": "character device", "block": "block device"}
+COMPACT_HINT_BYTES = 1 << 20  # below this, free pages are LMDB's ordinary working room: no advice
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def _worth_compacting(space: dict) -> bool:
+    return space["free"] >= COMPACT_HINT_BYTES and space["free"] >= space["file"] // 5
+
+
 def render(report: dict) -> str:
     model = report["model"] or {}
     files, verdicts, b = report["files"], report["verdicts"], report["bytes"]
@@ -156,8 +195,21 @@ def render(report: dict) -> str:
     ratio = f"{b['savings_ratio']:.2f}x smaller" if b["savings_ratio"] else "-"
     lines += [
         f"  {'total':<26}{sum(files.get(k, 0) for k in ('latent', 'verbatim', 'pending')):>9,}{human_bytes(b['written']):>14}{human_bytes(b['stored']):>14}  ({ratio})",
-        f"  {'directories, links':<26}{files.get('directory', 0) + files.get('symlink', 0):>9,}",
-        f"  LMDB file {human_bytes(b['lmdb_file'])}, {human_bytes(b['lmdb_used'])} in use",
+        f"  {'directories, symlinks':<26}{files.get('directory', 0) + files.get('symlink', 0):>9,}",
+    ]
+    special = report["special"]
+    if any(special.values()):
+        kinds = ", ".join(_plural(n, SPECIAL_NAMES.get(name, name)) for name, n in special.items() if n)
+        lines.append(f"  {'special files':<26}{sum(special.values()):>9,}  ({kinds})")
+    links = report["hard_links"]
+    if links["files"]:
+        lines.append(f"  {'hard-linked files':<26}{links['files']:>9,}  ({_plural(links['extra_names'], 'extra name')}; "
+                     f"their bytes are counted once)")
+    space = report["space"]
+    lines += [
+        "",
+        f"space      data.mdb {human_bytes(space['file'])}, {human_bytes(space['used'])} in use, "
+        f"{human_bytes(space['free'])} free for reuse" + (" (`sdfs compact` reclaims it)" if _worth_compacting(space) else ""),
         "",
         f"verdicts   {verdicts['latent']:,} latent; "
         f"{verdicts['kept_original_below_floor']:,} kept original ({KEPT_WHY_TEXT[BELOW_FLOOR]}); "

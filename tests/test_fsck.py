@@ -22,7 +22,7 @@ from sdfs.ingest import model_for_store
 from sdfs.progress import Progress
 from sdfs.store import LATENT, PENDING, ROOT, Inode, Store
 from sdfs.store.lock import StoreLock
-from sdfs.store.store import _chunk_key, _key
+from sdfs.store.store import INODE_SIZES, _chunk_key, _key
 from tests.conftest import kodak_image
 
 TEXT = b"a verbatim text file\n" * 500
@@ -224,7 +224,7 @@ def test_a_lost_file_and_an_unlinked_inode(built, capsys):
         note = int.from_bytes(txn.pop(_key(_lookup_txn(store, txn, "docs")) + b"note.txt", db=store.db["dirents"]), "big")
         small = Inode(5000, 3, 0o100644, 0, 0, 0, 2, 0, 0, 0, 2, 0)  # nlink 0, not in orphans
         txn.put(_key(5000), small.pack(), db=store.db["inodes"])
-        txn.put(_chunk_key(5000, 0), b"hi", db=store.db["chunks"])
+        txn.put(_chunk_key(5000, 0, 0), b"hi", db=store.db["chunks"])
         gone = Inode(5001, 1, 0o40755, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # an rmdir'd directory still open: fine
         txn.put(_key(5001), gone.pack(), db=store.db["inodes"])
         txn.put(_key(5001), b"", db=store.db["orphans"])
@@ -245,7 +245,7 @@ def test_a_lost_file_and_an_unlinked_inode(built, capsys):
         assert store.get_xattr(note, b"user.comment") == b"kept"
         assert store.inode(5000) is None and store.read_raw  # purged with its chunks
         with store.reading() as txn:
-            assert txn.get(_chunk_key(5000, 0), db=store.db["chunks"]) is None
+            assert txn.get(_chunk_key(5000, 0, 0), db=store.db["chunks"]) is None
     finally:
         store.close()
 
@@ -261,8 +261,8 @@ def test_orphaned_data_is_deleted(built, capsys):
     path, _ = built
 
     def plant(store, txn):
-        txn.put(_chunk_key(7001, 0), b"x" * 100, db=store.db["chunks"])
-        txn.put(_chunk_key(7001, 1), b"y" * 100, db=store.db["chunks"])
+        txn.put(_chunk_key(7001, 0, 0), b"x" * 100, db=store.db["chunks"])
+        txn.put(_chunk_key(7001, 1, 0), b"y" * 100, db=store.db["chunks"])
         txn.put(_key(7002), b"SDFS not really a record", db=store.db["records"])
         txn.put(_key(7003) + b"user.x", b"v", db=store.db["xattrs"])
         txn.put(_key(7004), b"", db=store.db["pending"])
@@ -281,7 +281,7 @@ def test_orphaned_data_is_deleted(built, capsys):
     store = Store(path, readonly=True)
     try:
         with store.reading() as txn:
-            for db, key in (("chunks", _chunk_key(7001, 0)), ("records", _key(7002)), ("xattrs", _key(7003) + b"user.x"),
+            for db, key in (("chunks", _chunk_key(7001, 0, 0)), ("records", _key(7002)), ("xattrs", _key(7003) + b"user.x"),
                             ("pending", _key(7004)), ("orphans", _key(7005))):
                 assert txn.get(key, db=store.db[db]) is None, db
         assert store.record(_lookup(store, "/docs/note.txt")) is None
@@ -472,3 +472,165 @@ def test_progress_draws_a_bar_on_a_terminal():
     # tqdm redraws at most every 0.1 s and clears the bar at the end (leave=False)
     assert "sdfs: decoding" in stream.getvalue() and "/3 [" in stream.getvalue()
     assert progress.files == 3 and progress.nbytes == 3000
+
+
+# -- format 2: hard links, special files, holes, uploads (no model needed)
+
+SPARSE_TAIL_AT = 3 << 20
+
+
+@pytest.fixture
+def v2_store(tmp_path):
+    """A store of verbatim and special files: /sparse (4 bytes, a 3 MiB hole,
+    4 bytes) with a second name /sparse-too, a FIFO, a character device and a
+    symlink. Returns (path, {name: ino})."""
+    import stat
+
+    path = tmp_path / "store"
+    store = Store(path)
+    try:
+        fs = Filesystem(store, None, None)
+        fh = fs.create("/sparse", 0o644)
+        fs.write("/sparse", b"head", 0, fh)
+        fs.write("/sparse", b"tail", SPARSE_TAIL_AT, fh)
+        fs.release("/sparse", fh)
+        fs.link("/sparse-too", "/sparse")
+        fs.mknod("/fifo", stat.S_IFIFO | 0o644, 0)
+        fs.mknod("/tty", stat.S_IFCHR | 0o620, os.makedev(4, 1))
+        fs.symlink("/link", "sparse")
+        inos = {name: fs.resolve("/" + name) for name in ("sparse", "fifo", "tty", "link")}
+    finally:
+        store.close()
+    return path, inos
+
+
+def _sparse_bytes(*pieces):
+    out = bytearray()
+    for offset, data in pieces:
+        out.extend(bytes(offset - len(out)))
+        out[offset:] = data
+    return bytes(out)
+
+
+def test_hard_links_special_files_holes_and_an_upload_in_progress_are_clean(v2_store, capsys):
+    path, inos = v2_store
+    store = Store(path)
+    sparse = store.inode(inos["sparse"])
+    assert (sparse.nlink, sparse.size, sparse.stored) == (2, SPARSE_TAIL_AT + 4, 8)
+    store.upload(sparse.ino, sparse.generation + 1, {1: b"a writer's chunk"})  # a mount writing it now
+    store.close()
+    rc, report = _json(capsys, path)
+    assert rc == 0, report["problems"]
+
+    # the hard link counts: one name fewer in the inode is a problem
+    _with_env(path, lambda store, txn: store._put(txn, dataclasses.replace(store._inode(txn, sparse.ino), nlink=1)))
+    rc, report = _json(capsys, path)
+    assert rc == 4
+    assert [(p["kind"], p["ino"], p["repair"]) for p in report["problems"]] == [("nlink", sparse.ino, "set it to 2")]
+
+
+def test_format_2_damage_is_found_and_repaired(v2_store, capsys):
+    import stat
+
+    from sdfs.store import CHUNK
+
+    path, inos = v2_store
+    sparse, fifo, tty = inos["sparse"], inos["fifo"], inos["tty"]
+    store = Store(path)
+    fs = Filesystem(store, None, None)
+    fs.release("/big", fs.create("/big", 0o644))
+    big = fs.resolve("/big")
+    store.close()
+    long_chunk = bytes(range(256)) * (CHUNK // 256) + b"0123456789"  # 10 bytes over a chunk
+
+    def damage(store, txn):
+        chunks, uploads = store.db["chunks"], store.db["uploads"]
+        generation = store._inode(txn, sparse).generation
+        txn.put(_chunk_key(sparse, 0, generation - 1), b"old!", db=chunks)  # superseded, not deleted
+        txn.put(_chunk_key(sparse, 1, generation + 6), b"zzz", db=chunks)  # an upload nobody names
+        txn.put(_chunk_key(sparse, 5, generation), b"late", db=chunks)  # past the size
+        txn.put(_key(9999), (1).to_bytes(8, "big"), db=uploads)  # uploads entry of a missing inode
+        txn.put(_key(fifo), (1).to_bytes(8, "big"), db=uploads)  # a FIFO is never written
+        txn.put(_chunk_key(fifo, 0, 0), b"x", db=chunks)  # a FIFO holds no bytes
+        store._put(txn, dataclasses.replace(store._inode(txn, fifo), rdev=5))
+        tty_inode = store._inode(txn, tty)
+        store._put(txn, dataclasses.replace(tty_inode, mode=stat.S_IFREG | 0o620))  # type bits lost
+        # a chunk over 1 MiB, and the next chunk that a read lays over its tail
+        txn.put(_chunk_key(big, 0, 0), long_chunk, db=chunks)
+        txn.put(_chunk_key(big, 1, 0), b"XY", db=chunks)
+        store._put(txn, dataclasses.replace(store._inode(txn, big), size=CHUNK + 10, stored=CHUNK + 12))
+
+    _with_env(path, damage)
+    store = Store(path, readonly=True)
+    big_before = store.read_raw(big)
+    store.close()
+    assert big_before == long_chunk[:CHUNK] + b"XY" + long_chunk[CHUNK + 2 :]
+
+    rc, report = _json(capsys, path)
+    assert rc == 4
+    found = {(p["kind"], p["ino"]) for p in report["problems"]}
+    assert found == {("leftover", sparse), ("upload", sparse), ("content", sparse), ("orphaned-data", 9999),
+                     ("upload", fifo), ("orphaned-data", fifo), ("file-type", fifo), ("file-type", tty),
+                     ("content", big)}
+    past = next(p for p in report["problems"] if p["kind"] == "content" and p["ino"] == sparse and "past" in p["detail"])
+    assert past["repair"] == f"set its size to {5 * CHUNK + 4:,}, keeping every stored byte"
+    assert fsck(path, "--repair") == 1
+    capsys.readouterr()
+    assert fsck(path) == 0, capsys.readouterr().out
+
+    store = Store(path, readonly=True)
+    try:
+        assert store.read_raw(sparse) == _sparse_bytes((0, b"head"), (SPARSE_TAIL_AT, b"tail"), (5 * CHUNK, b"late"))
+        assert store.inode(sparse).stored == 12
+        assert store.read_raw(big) == big_before and store.inode(big).size == CHUNK + 10
+        with store.reading() as txn:
+            kept = [(bytes(k), len(v)) for k, v in txn.cursor(db=store.db["chunks"])]
+            assert not any(txn.cursor(db=store.db["uploads"]))
+        assert all(length <= CHUNK for _, length in kept)
+        assert not any(k.startswith(_key(fifo)) for k, _ in kept)
+        assert store.inode(fifo).rdev == 0
+        assert stat.S_ISCHR(store.inode(tty).mode) and store.inode(tty).rdev == os.makedev(4, 1)
+    finally:
+        store.close()
+
+
+def test_a_version_1_store_is_clean(tmp_path, capsys):
+    """Format 1: 65-byte inodes, 12-byte chunk keys (ino | index), no uploads
+    table, every chunk full but the last (no holes, no special files)."""
+    import struct
+
+    import lmdb
+
+    path = tmp_path / "store"
+    data = bytes(range(1, 256)) * 6200  # 1.5 MiB: a full chunk and a partial one
+    store = Store(path)
+    fs = Filesystem(store, None, None)
+    fs.mkdir("/d", 0o755)
+    ino = _write(fs, "/d/f", data)
+    fs.symlink("/link", "d/f")
+    store.close()
+
+    def downgrade(store, txn):
+        v1 = struct.Struct("<BIIIIQqqqQQ")  # the format-2 layout less rdev
+        for key, value in list(txn.cursor(db=store.db["inodes"])):
+            txn.put(key, v1.pack(*struct.unpack("<BIIIIQqqqQQQ", value)[:11]), db=store.db["inodes"])
+        for key, value in list(txn.cursor(db=store.db["chunks"])):
+            txn.delete(key, db=store.db["chunks"])
+            txn.put(key[:12], value, db=store.db["chunks"])
+        txn.put(b"format", b"1", db=store.db["meta"])
+        txn.drop(store.db["uploads"], delete=True)
+
+    _with_env(path, downgrade)
+    env = lmdb.open(str(path), max_dbs=16, readonly=True)
+    with env.begin() as txn:
+        assert {len(v) for _, v in txn.cursor(db=env.open_db(b"inodes", txn=txn))} == {INODE_SIZES[1]}
+        assert sorted(len(k) for k, _ in txn.cursor(db=env.open_db(b"chunks", txn=txn))) == [12, 12, 12]
+        assert txn.get(b"uploads") is None
+    env.close()
+    rc, report = _json(capsys, path)
+    assert rc == 0 and report["inodes"] == 4, report["problems"]
+    store = Store(path, readonly=True)
+    try:
+        assert store.format_version() == 1 and store.read_raw(ino) == data
+    finally:
+        store.close()

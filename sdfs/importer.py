@@ -229,7 +229,11 @@ def run_import(args) -> int:
                 print(f"nothing to import: all {plan.already_in} files are already in {store_path} "
                       f"(same size and modification time)")
                 return 1 if plan.skipped else 0
-            summary = _import(args, store, plan, into)
+            try:
+                summary = _import(args, store, plan, into)
+            except OSError as error:  # the store's: a full disk, say (an unreadable source only fails itself)
+                raise SdfsError(f"{error.strerror or error}; what was imported before is in the store: "
+                                f"fix that, then run the same import again to finish") from None
         finally:
             store.close()
     _print_summary(summary, plan, time.monotonic() - started, store_path)
@@ -382,7 +386,7 @@ def _import_batch(codec: _Codec, max_pixels: int, store: Store, batch: list[Entr
         for entry in batch:
             try:
                 done.append(_read_source(store, entry, max_pixels, progress))
-            except OSError as error:
+            except SourceError as error:  # the store's own errors end the import (run_import)
                 log.warning("%s: cannot read: %s", entry.source, error.strerror or error)
                 summary.failed += 1
                 progress.advance(files=1)
@@ -437,19 +441,27 @@ def _store_batch(codec: _Codec, store: Store, items: list[_Read], dirs: dict, su
 # -- reading a source in bounded memory
 
 
-def _open_regular(path: Path) -> int:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO put there meanwhile must not block
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+class SourceError(OSError):
+    """A source file could not be read: that file fails, the import goes on."""
+
+
+def _open_regular(path: Path) -> tuple[int, int]:
+    """A descriptor of the regular file at ``path``, and its size."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO put there meanwhile must not block
+    except OSError as error:
+        raise SourceError(error.errno, error.strerror) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise OSError(errno.EINVAL, "it is no longer a regular file")
-    return fd
+        raise SourceError(errno.EINVAL, "it is no longer a regular file")
+    return fd, st.st_size
 
 
 def _read_source(store: Store, entry: Entry, max_pixels: int, progress) -> _Read:
     """Read a file whole if it may be an image (or is small), else stream it into the store."""
-    fd = _open_regular(entry.source)
+    fd, size = _open_regular(entry.source)
     try:
-        size = os.fstat(fd).st_size
         head = _pread_full(fd, HEAD_BYTES, 0)
         try:
             screen(head, size, max_pixels)
@@ -463,21 +475,28 @@ def _read_source(store: Store, entry: Entry, max_pixels: int, progress) -> _Read
         pieces = _Pieces(fd, progress)
         content = store.put_content(pieces, UPLOAD_BYTES)
         content = replace(content, size=max(content.size, os.fstat(fd).st_size))  # a file can end in a hole
-        progress.advance(nbytes=size - pieces.reported)
+        progress.advance(nbytes=max(0, size - pieces.reported))
         return _Read(entry, head, content.size, reason, content=content)
     finally:
         os.close(fd)
 
 
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    try:
+        return os.pread(fd, size, offset)
+    except OSError as error:
+        raise SourceError(error.errno, error.strerror) from None
+
+
 def _pread_full(fd: int, size: int, offset: int) -> bytes:
     """``size`` bytes at ``offset``, fewer only at the end of the file."""
-    data = os.pread(fd, size, offset)
+    data = _pread(fd, size, offset)
     if len(data) == size or not data:
         return data
     parts = [data]
     got = len(data)
     while got < size:
-        more = os.pread(fd, size - got, offset + got)
+        more = _pread(fd, size - got, offset + got)
         if not more:
             break
         parts.append(more)
@@ -488,7 +507,7 @@ def _pread_full(fd: int, size: int, offset: int) -> bytes:
 def _read_to_end(fd: int, head: bytes) -> bytes:
     parts, offset = [head], len(head)
     while True:
-        more = os.pread(fd, CHUNK, offset)
+        more = _pread(fd, CHUNK, offset)
         if not more:
             return b"".join(parts) if len(parts) > 1 else head
         parts.append(more)
@@ -525,7 +544,8 @@ class _Pieces:
         last data; (offset, None) where the filesystem cannot say."""
         try:
             data = os.lseek(self.fd, offset, os.SEEK_DATA)
-            return data, os.lseek(self.fd, data, os.SEEK_HOLE)
+            hole = os.lseek(self.fd, data, os.SEEK_HOLE)
+            return data, hole if hole > data else None  # (a hole right at data would stop the reading)
         except OSError as error:
             if error.errno == errno.ENXIO:  # no data at or after offset
                 return None, None

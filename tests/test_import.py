@@ -296,8 +296,8 @@ def _spy_uploads(monkeypatch):
 
 def _spy_reads(monkeypatch):
     reads = []
-    pread = os.pread
-    monkeypatch.setattr(importer.os, "pread", lambda fd, n, offset: reads.append(n) or pread(fd, n, offset))
+    pread = importer._pread
+    monkeypatch.setattr(importer, "_pread", lambda fd, n, offset: reads.append(n) or pread(fd, n, offset))
     return reads
 
 
@@ -363,3 +363,37 @@ def test_a_stream_cut_short_leaves_nothing_behind(tmp_path):
     with store.reading() as txn:
         assert txn.stat(store.db["chunks"])["entries"] == 1  # note.txt's
     store.close()
+
+
+def test_an_unreadable_source_fails_alone_and_a_full_store_ends_the_import_in_one_line(tmp_path, monkeypatch,
+                                                                                      capsys):
+    monkeypatch.setattr(importer, "STREAM_OVER", 0)  # every file streamed
+    src, store = tmp_path / "src", tmp_path / "store"
+    src.mkdir()
+    (src / "bad").write_bytes(b"unlucky sector" * 100)
+    (src / "good").write_bytes(b"fine" * 100)
+    pread, reads_of_bad = os.pread, []
+
+    def failing(fd, n, offset):  # the head reads, then the disk fails
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("/bad"):
+            reads_of_bad.append(n)
+            if len(reads_of_bad) > 1:
+                raise OSError(5, "Input/output error")
+        return pread(fd, n, offset)
+
+    monkeypatch.setattr(os, "pread", failing)
+    assert main(["import", str(src), str(store), "--model", "unused"]) == 1
+    out, err = capsys.readouterr()
+    assert "bad: cannot read: Input/output error" in err and "imported 1 files" in out
+    reader = Store(store, readonly=True)
+    assert reader.orphans() == [] and reader.lookup(reader.lookup(ROOT, b"src"), b"bad") is None
+    reader.close()
+    assert len(reads_of_bad) == 2  # streaming had begun: what it stored is gone
+
+    monkeypatch.setattr(os, "pread", pread)  # the disk is well again; the store's is full
+    monkeypatch.setattr(Store, "upload", lambda *args: (_ for _ in ()).throw(
+        OSError(28, f"no space left on the disk of store {store}")))
+    assert main(["import", str(src), str(store), "--model", "unused"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"sdfs: error: no space left on the disk of store {store}; what was imported before is in the "
+                   "store: fix that, then run the same import again to finish"), err

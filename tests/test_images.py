@@ -16,12 +16,15 @@ from PIL import Image, ImageCms, JpegImagePlugin, PngImagePlugin
 from skimage import data as skdata
 
 from sdfs.codec.images import (
+    max_candidate_bytes,
     DEFAULT_MAX_PIXELS,
+    HEAD_BYTES,
     OutputSpec,
     SourceImage,
     plan_output_length,
     probe,
     render_output,
+    screen,
 )
 from sdfs.errors import NotACandidate, OutputEncodingError
 
@@ -429,6 +432,55 @@ def test_huge_header_with_tiny_body_is_rejected_cheaply(kind):
         tracemalloc.stop()
     assert elapsed < 1.0
     assert peak < 100 * 2**20  # decoding would need 7.5 GB
+
+
+# ---- screen: judged by the first bytes and the size, before reading it whole
+
+
+def screened_out(head: bytes, size: int, max_pixels: int, *words: str) -> None:
+    with pytest.raises(NotACandidate) as info:
+        screen(head, size, max_pixels)
+    message = str(info.value)
+    assert message and "\n" not in message
+    for word in words:
+        assert word.lower() in message.lower(), message
+
+
+def test_screen_passes_real_images_by_their_head():
+    for fmt in ("PNG", "JPEG"):
+        data = encode(Image.fromarray(COFFEE), fmt)
+        screen(data[:HEAD_BYTES], len(data), 600 * 400)  # exactly at the limit: a candidate
+        probe(data, 600 * 400)  # and probe agrees
+
+
+def test_screen_names_other_formats_and_empty_files_as_probe_does():
+    gif = encode(Image.fromarray(ASTRONAUT), "GIF")
+    screened_out(gif[:HEAD_BYTES], len(gif), DEFAULT_MAX_PIXELS, "GIF", "only PNG and JPEG")
+    screened_out(b"hello world", 11, DEFAULT_MAX_PIXELS, "not a png or jpeg")
+    screened_out(b"", 0, DEFAULT_MAX_PIXELS, "empty")
+
+
+def test_screen_refuses_a_png_whose_header_is_over_the_pixel_limit():
+    png = encode(Image.fromarray(COFFEE), "PNG")
+    screened_out(png[:HEAD_BYTES], len(png), 600 * 400 - 1, "600x400", "pixel limit")
+    screened_out(png[:24], len(png), 600 * 400 - 1, "600x400")  # IHDR ends at byte 24
+    screen(png[:20], len(png), 600 * 400 - 1)  # IHDR cut off: only probe can tell
+
+
+def test_screen_reads_a_jpeg_frame_header_behind_big_metadata():
+    jpeg = encode(Image.fromarray(COFFEE), "JPEG", exif=exif_with_orientation(6), icc_profile=SRGB_ICC)
+    assert jpeg.index(b"\xff\xc0") > 500  # behind the EXIF, ICC and table segments
+    screened_out(jpeg[:HEAD_BYTES], len(jpeg), 600 * 400 - 1, "600x400", "pixel limit")
+    screen(jpeg[:400], len(jpeg), 600 * 400 - 1)  # the frame header is not in the head
+
+
+def test_screen_refuses_files_larger_than_any_image_of_the_limit():
+    limit = max_candidate_bytes(1000)
+    assert limit >= 8 * 1000  # generous: room for uncompressed RGBA and metadata
+    head = encode(Image.fromarray(ASTRONAUT[:10, :10]), "PNG")
+    screen(head, limit, 1000)
+    screened_out(head, limit + 1, 1000, "larger than", "1000 pixels")
+    assert max_candidate_bytes(2000) > limit
 
 
 # ---- fuzzing ---------------------------------------------------------------

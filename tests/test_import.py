@@ -4,6 +4,8 @@ import json
 import os
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -13,7 +15,9 @@ import pytest
 from PIL import Image
 
 from sdfs.codec import container
-from sdfs.store import LATENT, ROOT, VERBATIM, Store, StoreError
+from sdfs import importer
+from sdfs.cli import main
+from sdfs.store import CHUNK, LATENT, ROOT, SPECIAL, VERBATIM, Store, StoreError
 from sdfs.store.lock import StoreLock
 from tests.conftest import KODAK, KODAK_INDICES, kodak_image
 from tests.mounting import assert_sizes_honest, mounted
@@ -210,3 +214,186 @@ def test_stats_distribution_percentiles():
     for q in (0, 5, 25, 50, 75, 95, 100):
         assert d[f"p{q}"] == pytest.approx(np.percentile(values, q))
     assert d["count"] == 101 and distribution([]) is None
+
+
+# -- special files, hard links, bounded memory (as `cp -a` copies them)
+
+DEVICE_TIMES = (1_500_000_000_111_222_333, 1_600_000_000_444_555_666)
+
+
+def _special_tree(src):
+    """A FIFO, a socket, char and block devices, and one file of three names."""
+    (src / "sub").mkdir(parents=True)
+    os.mkfifo(src / "fifo", 0o640)
+    os.mknod(src / "null", stat.S_IFCHR | 0o620, os.makedev(1, 3))
+    os.mknod(src / "loop", stat.S_IFBLK | 0o600, os.makedev(7, 0))
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(src / "sock"))  # the socket file stays when the socket closes
+    os.chown(src / "fifo", 1234, 5678, follow_symlinks=False)
+    os.utime(src / "fifo", ns=DEVICE_TIMES)
+    (src / "a").write_bytes(b"one file, three names\n" * 1000)
+    os.link(src / "a", src / "b")
+    os.link(src / "a", src / "sub" / "c")
+
+
+def test_import_makes_special_files_again_and_keeps_hard_links(tmp_path, tiny_vae_dir):
+    src, store = tmp_path / "src", tmp_path / "store"
+    _special_tree(src)
+    first = sdfs("import", src, store, "--model", tiny_vae_dir, check_rc=0)
+    assert "4 special files, 2 more names of hard-linked files; 0 skipped" in first.stdout, first.stdout
+    assert "imported 1 files" in first.stdout and "Traceback" not in first.stderr
+
+    files, _ = _walk_store(store)
+    for name, device in (("fifo", 0), ("null", os.makedev(1, 3)), ("loop", os.makedev(7, 0)), ("sock", 0)):
+        inode, st = files[f"/src/{name}"], os.lstat(src / name)
+        assert (inode.kind, inode.mode, inode.rdev) == (SPECIAL, st.st_mode, device), name
+        assert (inode.uid, inode.gid) == (st.st_uid, st.st_gid)
+    assert stat.S_ISSOCK(files["/src/sock"].mode) and stat.S_ISFIFO(files["/src/fifo"].mode)
+    assert (files["/src/fifo"].uid, files["/src/fifo"].gid) == (1234, 5678)
+    assert (files["/src/fifo"].atime_ns, files["/src/fifo"].mtime_ns) == DEVICE_TIMES
+
+    names = [files[p] for p in ("/src/a", "/src/b", "/src/sub/c")]
+    assert len({inode.ino for inode in names}) == 1 and names[0].nlink == 3
+    assert len({i.ino for i in files.values() if i.kind == VERBATIM}) == 1  # the content is there once
+    assert names[0].stored == (src / "a").stat().st_size
+
+    again = sdfs("import", src, store, "--model", tiny_vae_dir, check_rc=0)
+    assert "nothing to import: all 7 files" in again.stdout, again.stdout
+
+    (src / "a").write_bytes(b"changed through one name")  # all three names see it; so must the store
+    os.utime(src / "a", ns=(1, 2))
+    sdfs("import", src, store, "--model", tiny_vae_dir, check_rc=0)
+    files, _ = _walk_store(store)
+    names = [files[p] for p in ("/src/a", "/src/b", "/src/sub/c")]
+    assert len({inode.ino for inode in names}) == 1 and names[0].nlink == 3 and names[0].mtime_ns == 2
+    reader = Store(store, readonly=True)
+    assert reader.read_raw(names[0].ino) == b"changed through one name"
+    assert reader.orphans() == []  # the old content went with its last name
+    reader.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")
+def test_imported_special_files_and_hard_links_through_the_mount(tmp_path, tiny_vae_dir):
+    src, store, mnt = tmp_path / "src", tmp_path / "store", tmp_path / "mnt"
+    _special_tree(src)
+    sdfs("import", src, store, "--model", tiny_vae_dir, check_rc=0)
+    with mounted(store, mnt, tiny_vae_dir):
+        for name in ("fifo", "null", "loop", "sock"):
+            theirs, ours = os.lstat(src / name), os.lstat(mnt / "src" / name)
+            assert (ours.st_mode, ours.st_rdev, ours.st_uid) == (theirs.st_mode, theirs.st_rdev, theirs.st_uid), name
+        a, c = os.lstat(mnt / "src/a"), os.lstat(mnt / "src/sub/c")
+        assert a.st_ino == c.st_ino and a.st_nlink == 3
+        assert (mnt / "src/sub/c").read_bytes() == (src / "a").read_bytes()
+
+
+def _spy_uploads(monkeypatch):
+    uploads = []
+    upload = Store.upload
+    monkeypatch.setattr(Store, "upload", lambda self, ino, version, pieces: uploads.append(
+        sum(map(len, pieces.values()))) or upload(self, ino, version, pieces))
+    return uploads
+
+
+def _spy_reads(monkeypatch):
+    reads = []
+    pread = importer._pread
+    monkeypatch.setattr(importer, "_pread", lambda fd, n, offset: reads.append(n) or pread(fd, n, offset))
+    return reads
+
+
+def test_a_large_file_that_is_no_image_is_streamed_in_bounded_pieces(tmp_path, tiny_vae_dir, monkeypatch, capsys):
+    monkeypatch.setattr(importer, "STREAM_OVER", 256 << 10)
+    monkeypatch.setattr(importer, "UPLOAD_BYTES", CHUNK)
+    src, store = tmp_path / "src", tmp_path / "store"
+    src.mkdir()
+    data = np.random.default_rng(3).bytes(3 * CHUNK + 12345)
+    (src / "data.bin").write_bytes(data)
+    # a PNG by its first bytes, but its header says 5000x5000: judged by the head, never read whole
+    fake = b"\x89PNG\r\n\x1a\n" + bytes.fromhex("0000000d49484452") + (5000).to_bytes(4, "big") * 2 + data[:CHUNK]
+    (src / "huge.png").write_bytes(fake)
+    uploads, reads = _spy_uploads(monkeypatch), _spy_reads(monkeypatch)
+    assert main(["import", str(src), str(store), "--model", str(tiny_vae_dir), "--max-pixels", "1000"]) == 0
+    assert "2 verbatim" in capsys.readouterr().out
+    assert sorted(uploads) == [24, 12345] + [CHUNK] * 4  # a chunk a transaction, as patched
+    assert max(reads) <= CHUNK  # never the whole file (a head of 64 KiB, then chunks)
+
+    files, _ = _walk_store(store)
+    reader = Store(store, readonly=True)
+    assert reader.read_raw(files["/src/data.bin"].ino) == data
+    assert reader.read_raw(files["/src/huge.png"].ino) == fake
+    assert b"5000x5000, over the 1000-pixel limit" in reader.get_xattr(files["/src/huge.png"].ino, b"sdfs.verdict")
+    reader.close()
+
+
+def test_a_sparse_file_is_imported_without_reading_or_storing_its_holes(tmp_path, tiny_vae_dir, monkeypatch):
+    src, store = tmp_path / "src", tmp_path / "store"
+    src.mkdir()
+    with open(src / "sparse", "wb") as f:
+        f.seek(64 << 20)
+        f.write(b"x")
+    reads = _spy_reads(monkeypatch)
+    assert main(["import", str(src), str(store), "--model", str(tiny_vae_dir)]) == 0
+    assert len(reads) <= 3  # the head, and the one chunk with data in it (SEEK_DATA skips the hole)
+    files, _ = _walk_store(store)
+    inode = files["/src/sparse"]
+    assert (inode.size, inode.stored) == ((64 << 20) + 1, 1)
+    reader = Store(store, readonly=True)
+    assert reader.read_raw(inode.ino, 64 << 20, 10) == b"x" and reader.read_raw(inode.ino, 0, 4) == bytes(4)
+    reader.close()
+
+
+def test_a_stream_cut_short_leaves_nothing_behind(tmp_path):
+    store = Store(tmp_path / "store")
+
+    def failing():
+        yield 0, b"a" * CHUNK
+        raise OSError(5, "Input/output error")
+
+    with pytest.raises(OSError):
+        store.put_content(failing(), batch_bytes=1)
+    assert store.orphans() == []
+    with store.reading() as txn:
+        assert txn.stat(store.db["chunks"])["entries"] == 0
+    store.put_content(iter([(0, b"left by a process killed before it named the file")]))  # an orphan now
+    store.close()
+    (tmp_path / "note.txt").write_text("x")
+    assert main(["import", str(tmp_path / "note.txt"), str(tmp_path / "store"), "--model", "unused"]) == 0
+    store = Store(tmp_path / "store", readonly=True)
+    assert store.orphans() == []
+    with store.reading() as txn:
+        assert txn.stat(store.db["chunks"])["entries"] == 1  # note.txt's
+    store.close()
+
+
+def test_an_unreadable_source_fails_alone_and_a_full_store_ends_the_import_in_one_line(tmp_path, monkeypatch,
+                                                                                      capsys):
+    monkeypatch.setattr(importer, "STREAM_OVER", 0)  # every file streamed
+    src, store = tmp_path / "src", tmp_path / "store"
+    src.mkdir()
+    (src / "bad").write_bytes(b"unlucky sector" * 100)
+    (src / "good").write_bytes(b"fine" * 100)
+    pread, reads_of_bad = os.pread, []
+
+    def failing(fd, n, offset):  # the head reads, then the disk fails
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("/bad"):
+            reads_of_bad.append(n)
+            if len(reads_of_bad) > 1:
+                raise OSError(5, "Input/output error")
+        return pread(fd, n, offset)
+
+    monkeypatch.setattr(os, "pread", failing)
+    assert main(["import", str(src), str(store), "--model", "unused"]) == 1
+    out, err = capsys.readouterr()
+    assert "bad: cannot read: Input/output error" in err and "imported 1 files" in out
+    reader = Store(store, readonly=True)
+    assert reader.orphans() == [] and reader.lookup(reader.lookup(ROOT, b"src"), b"bad") is None
+    reader.close()
+    assert len(reads_of_bad) == 2  # streaming had begun: what it stored is gone
+
+    monkeypatch.setattr(os, "pread", pread)  # the disk is well again; the store's is full
+    monkeypatch.setattr(Store, "upload", lambda *args: (_ for _ in ()).throw(
+        OSError(28, f"no space left on the disk of store {store}")))
+    assert main(["import", str(src), str(store), "--model", "unused"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"sdfs: error: no space left on the disk of store {store}; what was imported before is in the "
+                   "store: fix that, then run the same import again to finish"), err

@@ -92,26 +92,77 @@ def probe(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> SourceImage:
         raise NotACandidate(f"the image cannot be decoded ({_one_line(exc)})") from exc
 
 
-SCREEN_HEAD = 64 << 10  # bytes of a file read to judge it before reading it whole
+# --------------------------------------------------------------------------
+# screen: judge a file by its first bytes and size, before reading it whole
+# --------------------------------------------------------------------------
+
+HEAD_BYTES = 64 << 10  # what screen() is given: a file's first 64 KiB (or all of a smaller file)
 
 
 def max_candidate_bytes(max_pixels: int) -> int:
-    """The most a PNG or JPEG of ``max_pixels`` pixels can plausibly take:
-    8 bytes a pixel (16-bit RGBA, uncompressed, with room for filter bytes)
-    plus 64 MiB of metadata (ICC profiles, EXIF, text)."""
+    """A generous upper bound on the size of a PNG or JPEG of at most
+    ``max_pixels`` pixels that sdfs takes. The pixels: an 8-bit RGBA PNG
+    stored without compression needs 4 bytes a pixel plus a filter byte a
+    row and a little framing, and a JPEG of noise at quality 100 stays under
+    the same 4 bytes; 8 bytes a pixel leaves twice that (even 16-bit RGBA
+    raw, which is no candidate, fits). The rest: metadata (ICC profiles,
+    EXIF, XMP, text chunks) is not bound by the pixels, so 64 MiB more.
+    A larger file cannot be a candidate, so it is never read whole to find out."""
     return 8 * max_pixels + (64 << 20)
 
 
 def screen(head: bytes, size: int, max_pixels: int) -> None:
     """Raise NotACandidate for a file that cannot be a latent candidate,
-    judged by its first bytes (``head``) and its ``size`` alone, so nothing
-    more of it needs to be read."""
-    if size == 0:
+    judged by ``head`` (its first HEAD_BYTES, or all of a smaller file) and
+    ``size`` (its length): not PNG or JPEG by its first bytes, larger than
+    any image of at most ``max_pixels`` pixels can be (max_candidate_bytes),
+    or, where the header is inside ``head``, of more pixels than that.
+    Returning means only "worth reading whole": probe() decides."""
+    if not size or not head:
         raise NotACandidate("empty file: there is no image to store as latents")
-    if not head.startswith((_PNG_SIGNATURE, b"\xff\xd8\xff")):
+    if head.startswith(_PNG_SIGNATURE):
+        kind = "PNG"
+    elif head.startswith(b"\xff\xd8\xff"):
+        kind = "JPEG"
+    else:
         raise NotACandidate(_describe_other(head))
-    if size > max_candidate_bytes(max_pixels):
-        raise NotACandidate(f"{size:,} bytes: more than an image of at most {max_pixels:,} pixels can take")
+    limit = max_candidate_bytes(max_pixels)
+    if size > limit:
+        raise NotACandidate(
+            f"{kind} file of {size} bytes is larger than an image of at most {max_pixels} pixels "
+            f"can be ({limit} bytes)"
+        )
+    dimensions = _png_head_dimensions(head) if kind == "PNG" else _jpeg_head_dimensions(head)
+    if dimensions is not None:
+        _check_pixel_count(*dimensions, max_pixels)
+
+
+def _png_head_dimensions(head: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG's IHDR (always its first chunk), if ``head`` holds it."""
+    if len(head) < 24 or head[12:16] != b"IHDR":
+        return None  # probe() names what is wrong
+    return struct.unpack_from(">II", head, 16)
+
+
+def _jpeg_head_dimensions(head: bytes) -> tuple[int, int] | None:
+    """Width and height from a JPEG's frame header (SOF), if it lies inside
+    ``head`` behind nothing but marker segments (APPn, COM, DQT, DHT...)."""
+    pos = 2
+    while True:
+        match = _MARKER.match(head, pos)
+        if match is None or pos + 4 > len(head):
+            return None
+        marker, pos = match[1][0], match.end()
+        if marker in _STANDALONE_MARKERS:
+            continue
+        if marker in _SOF_MARKERS:
+            if pos + 7 > len(head):
+                return None
+            height, width = struct.unpack_from(">HH", head, pos + 3)  # length, precision, height, width
+            return (width, height) if width and height else None
+        if marker in (_SOS, _EOI, _SOI) or pos + 2 > len(head):
+            return None
+        pos += (head[pos] << 8) | head[pos + 1]
 
 
 def _one_line(exc: BaseException) -> str:

@@ -154,7 +154,7 @@ class Encoder:
         # image is never read whole: a video of several GB costs one read of its head
         candidates = []
         for inode in live:
-            head = self.store.read_raw(inode.ino, 0, images.SCREEN_HEAD)
+            head = self.store.read_raw(inode.ino, 0, images.HEAD_BYTES)
             try:
                 images.screen(head, inode.size, self.codec.max_pixels)
             except NotACandidate as reason:

@@ -133,9 +133,19 @@ class Inode:
 
 
 @dataclass(frozen=True)
+class Streamed:
+    """Content Store.put_content stored for a file that has no name yet."""
+
+    ino: int
+    size: int  # the caller may raise it (a file that ends in a hole)
+    stored: int
+
+
+@dataclass(frozen=True)
 class NewFile:
-    """A finished file for Store.put_files: raw bytes, or a latent record
-    when ``latent_length`` (its fixed output length) is given."""
+    """A finished file for Store.put_files: raw bytes, a latent record when
+    ``latent_length`` (its fixed output length) is given, or content stored
+    beforehand by put_content (``content``; ``data`` is then empty)."""
 
     parent: int
     name: bytes
@@ -147,6 +157,7 @@ class NewFile:
     data: bytes
     latent_length: int | None = None
     xattrs: dict = field(default_factory=dict)
+    content: Streamed | None = None
 
 
 class Store:
@@ -799,6 +810,48 @@ class Store:
 
     # -- bulk import (the caller holds the store lock: no handle can be open)
 
+    def put_content(self, pieces: Iterable[tuple[int, bytes]], batch_bytes: int = 16 << 20) -> Streamed:
+        """Store the content of a new file without holding it: ``pieces`` are
+        (chunk index, bytes at most CHUNK long) in increasing index order, read
+        once (a generator reading the source is the point); indexes left out,
+        short pieces' tails and all-zero pieces are holes. Pieces go to the
+        store about ``batch_bytes`` at a time, each batch in a transaction of
+        its own, so neither memory nor a transaction grows with the file.
+        The file has no name until put_files() gives it one (NewFile.content):
+        until then it is an orphan with an upload in progress, which the next
+        mount (or import) drops if this process dies first."""
+
+        def begin(txn):
+            ino, t = self._next_ino(txn), now_ns()
+            self._put(txn, Inode(ino, VERBATIM, 0o100600, os.getuid(), os.getgid(), 0, 0, t, t, t, 0, 0))
+            txn.put(_key(ino), b"", db=self.db["orphans"])
+            return ino
+
+        ino = self.write(begin)
+        batch: dict[int, bytes] = {}
+        held = end = stored = 0
+        last = -1
+        try:
+            for index, piece in pieces:
+                if index <= last or len(piece) > CHUNK or index >= 1 << 32:
+                    raise ValueError(f"put_content: piece {index} of {len(piece)} bytes after piece {last}")
+                last, end = index, index * CHUNK + len(piece)
+                if _all_zeros(piece):
+                    continue  # a hole: never stored, nothing held
+                batch[index] = piece
+                held += len(piece)
+                if held >= batch_bytes:
+                    self.upload(ino, 1, batch)
+                    stored += held
+                    batch, held = {}, 0
+            if batch:
+                self.upload(ino, 1, batch)
+                stored += held
+        except BaseException:  # reading the source failed, say: what was stored of it goes
+            self.purge(ino)
+            raise
+        return Streamed(ino, end, stored)
+
     def put_files(self, files: list["NewFile"]) -> list[Inode]:
         """Add finished files in one transaction, each replacing a non-directory
         of the same name. Import writes final forms directly: a crash leaves
@@ -817,18 +870,28 @@ class Store:
             if old.is_dir:
                 raise IsADirectoryError(f.name)
             txn.delete(key, db=self.db["dirents"])
-            self._drop_link(txn, f.parent, old)
-            self._delete_inode(txn, old.ino)
+            if self._drop_link(txn, f.parent, old).nlink == 0:  # its other names (hard links) keep it
+                self._delete_inode(txn, old.ino)
         parent = self._inode(txn, f.parent)
         if parent is None or not parent.is_dir:
             raise NotADirectoryError(f.parent)
         t = now_ns()
-        kind, size = (LATENT, f.latent_length) if f.latent_length is not None else (VERBATIM, len(f.data))
-        inode = Inode(self._next_ino(txn), kind, f.mode, f.uid, f.gid, 1, size, f.atime_ns, f.mtime_ns, t,
-                      len(f.data), 1)
-        if kind == LATENT:
+        if f.content is not None:  # stored by put_content, as the upload of version 1 of an orphan
+            ino = f.content.ino
+            orphan = self._inode(txn, ino)
+            if orphan is None or orphan.nlink or txn.get(_key(ino), db=self.db["orphans"]) is None:
+                raise FileNotFoundError(f"inode {ino} is not content waiting for a name")
+            txn.delete(_key(ino), db=self.db["orphans"])
+            txn.delete(_key(ino), db=self.db["uploads"])
+            inode = Inode(ino, VERBATIM, f.mode, f.uid, f.gid, 1, f.content.size, f.atime_ns, f.mtime_ns, t,
+                          f.content.stored, 1)
+        elif f.latent_length is not None:
+            inode = Inode(self._next_ino(txn), LATENT, f.mode, f.uid, f.gid, 1, f.latent_length, f.atime_ns,
+                          f.mtime_ns, t, len(f.data), 1)
             txn.put(_key(inode.ino), f.data, db=self.db["records"])
         else:
+            inode = Inode(self._next_ino(txn), VERBATIM, f.mode, f.uid, f.gid, 1, len(f.data), f.atime_ns,
+                          f.mtime_ns, t, 0, 1)
             inode = replace(inode, stored=self._put_chunks(txn, inode.ino, f.data, inode.generation)[1])
         for name, value in f.xattrs.items():
             txn.put(_key(inode.ino) + name, value, db=self.db["xattrs"])

@@ -23,7 +23,7 @@ log = logging.getLogger("sdfs")
 def _add_model_options(parser: argparse.ArgumentParser, encoding: bool) -> None:
     from .codec.images import DEFAULT_MAX_PIXELS
     from .codec.latents import DEFAULT_QUALITY, QUALITIES
-    from .codec.vae import DEFAULT_FAST_DECODER, DEFAULT_MODEL
+    from .codec.defaults import DEFAULT_FAST_DECODER, DEFAULT_MODEL
 
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=DEFAULT_MODEL, help="VAE: hub id[@revision], diffusers folder or weights file (default %(default)s)")

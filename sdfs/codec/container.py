@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from ..errors import RecordError
 from .binary import Reader, Writer
-from .guard import Fidelity
+from .fidelity import Fidelity
 from .images import OutputSpec
-from .vae import ModelIdentity, Tiling
+from .identity import ModelIdentity, Tiling
 
 MAGIC = b"SDFS"
 VERSION = 1

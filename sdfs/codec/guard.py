@@ -12,61 +12,16 @@ five standard scales and weights.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .fidelity import BELOW_FLOOR, NOT_SMALLER, Fidelity, Floor, Verdict  # noqa: F401 (this module's interface too)
+
 _C1 = (0.01 * 255) ** 2
 _C2 = (0.03 * 255) ** 2
 _MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-
-
-@dataclass(frozen=True)
-class Fidelity:
-    psnr: float
-    ssim: float
-
-    def __str__(self) -> str:
-        return f"PSNR {self.psnr:.2f} dB, SSIM {self.ssim:.4f}"
-
-
-@dataclass(frozen=True)
-class Floor:
-    psnr: float = 23.0
-    ssim: float = 0.65
-
-    @classmethod
-    def parse(cls, text: str) -> "Floor":
-        """``"24"`` (PSNR only), ``"24:0.7"`` or ``"psnr=24,ssim=0.7"``."""
-        try:
-            if "=" in text:
-                fields = dict(part.split("=", 1) for part in text.split(","))
-                return cls(float(fields.pop("psnr", cls.psnr)), float(fields.pop("ssim", cls.ssim)), **fields)
-            psnr, _, ssim = text.partition(":")
-            return cls(float(psnr), float(ssim) if ssim else cls.ssim)
-        except (TypeError, ValueError):
-            raise ValueError(f"fidelity floor {text!r} is not like 24, 24:0.7 or psnr=24,ssim=0.7") from None
-
-    def __str__(self) -> str:
-        return f"PSNR {self.psnr:g} dB, SSIM {self.ssim:g}"
-
-
-# the reason a verdict gives when the latent would not save space; `sdfs stats`
-# and `sdfs import` count these apart from images below the fidelity floor
-NOT_SMALLER = "is not smaller than the original"
-BELOW_FLOOR = "is below the floor"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    keep_latent: bool
-    reason: str
-
-    @property
-    def label(self) -> str:
-        return "keep latent" if self.keep_latent else "keep original"
 
 
 def psnr(reference: np.ndarray, test: np.ndarray) -> float:

@@ -16,7 +16,6 @@ import math
 import os
 import socket
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,70 +23,14 @@ import numpy as np
 import torch
 
 from ..errors import ModelMismatch, ModelUnavailable
+from .defaults import DEFAULT_FAST_DECODER, DEFAULT_MODEL  # noqa: F401 (part of this module's interface)
+from .identity import ModelIdentity, Tiling  # noqa: F401 (part of this module's interface)
 from .priority import PriorityLock
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "stabilityai/sd-vae-ft-mse"
-DEFAULT_FAST_DECODER = "madebyollin/taesd"
 BUNDLED_CONFIG_DIR = Path(__file__).with_name("configs") / "sd-vae-ft-mse"
 _HUB_HOST = "huggingface.co"
-
-
-@dataclass(frozen=True)
-class Tiling:
-    """Tile geometry in *latent* pixels; ``tile == 0`` means untiled.
-
-    ``stats`` is the latent-pixel budget of the GroupNorm statistics pass (see
-    SharedGroupNorm). All three are recorded in every record so a later decode
-    works exactly as the encode-time one did, whatever the decoding build's
-    defaults.
-    """
-
-    tile: int = 0
-    overlap: int = 0
-    stats: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.tile > 0
-
-    def problem(self) -> str | None:
-        """Why these settings cannot be used, or None (records are untrusted input)."""
-        if self.tile == 0:
-            return None if self.overlap == self.stats == 0 else "untiled record with tile settings"
-        if self.tile < 8 or not 0 <= 2 * self.overlap < self.tile or self.stats < 64:
-            return f"impossible tiling {self.tile}/{self.overlap}/{self.stats}"
-        return None
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What ties a latent to the network that made it."""
-
-    name: str  # hub id[@revision], or the file/folder name it was loaded from
-    weights_sha256: bytes  # over every tensor of the state dict, see fingerprint()
-    scaling_factor: float
-    latent_channels: int
-    spatial_factor: int
-
-    @property
-    def short_hash(self) -> str:
-        return self.weights_sha256.hex()[:12]
-
-    def describe(self) -> str:
-        return f"{self.name} (weights {self.short_hash}, scaling {self.scaling_factor:g})"
-
-    def require_same_latent_space(self, other: "ModelIdentity") -> None:
-        if (self.weights_sha256, self.latent_channels, self.spatial_factor) != (
-            other.weights_sha256,
-            other.latent_channels,
-            other.spatial_factor,
-        ) or not np.isclose(self.scaling_factor, other.scaling_factor):
-            raise ModelMismatch(
-                f"record was encoded with VAE {other.describe()} but the loaded VAE is "
-                f"{self.describe()}; decode with --model pointing at the original weights"
-            )
 
 
 def fingerprint(module: torch.nn.Module) -> bytes:

@@ -170,8 +170,12 @@ class Encoder:
         return self._names.get(ino) or f"inode {ino}"
 
     def _finish(self, inode, outcome, original_length: int) -> None:
+        # only a latent record replaces the stored bytes: open readers need copies of them then
+        # (a file kept verbatim keeps its bytes, and copying a large or sparse one would be ruinous)
+        replacing = outcome.record is not None
+        guard = self._swap_guard(inode.ino, inode.generation) if replacing else contextlib.nullcontext()
         try:
-            with self._swap_guard(inode.ino, inode.generation):
+            with guard:
                 # the decision is visible as user.sdfs.verdict (invariant 4)
                 taken = self.store.finish_encode(inode.ino, inode.generation, outcome.record, outcome.output_length,
                                                  notes=outcome.notes(original_length))

@@ -16,12 +16,16 @@ import threading
 import time
 from collections import Counter
 
+from ..errors import NotACandidate
 from ..ingest import judge
 from ..store import Store
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 30  # a file whose encode or commit failed is tried again after this
+IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")  # only these can become latents
+HEAD_BYTES = 64  # enough for the codec to name what a non-image is
+BYTES_PER_PIXEL = 8  # the largest PNG or JPEG within the pixel limit (uncompressed RGBA, filters, metadata)
 
 
 class Encoder:
@@ -148,9 +152,11 @@ class Encoder:
     def _encode(self, batch: list[int]) -> None:
         inodes = [self.store.inode(ino) for ino in batch]
         live = [inode for inode in inodes if inode is not None]
-        datas = [self.store.read_raw(inode.ino) for inode in live]
+        datas, refused = zip(*(self._input(inode) for inode in live)) if live else ((), ())
         try:
-            results = self.codec.encode_many(datas)
+            candidates = [data for data, verdict in zip(datas, refused) if verdict is None]
+            encoded = iter(self.codec.encode_many(candidates) if candidates else ())
+            results = [next(encoded) if r is None else r for r in refused]
         except Exception as error:  # e.g. out of memory: the files stay queued
             for inode in live:
                 self._retry_after[inode.ino] = time.monotonic() + RETRY_AFTER_S
@@ -159,12 +165,24 @@ class Encoder:
             log.debug("encode failure", exc_info=True)
             return
         for inode, data, result in zip(live, datas, results):
-            self._finish(inode, judge(data, result), len(data))
+            self._finish(inode, judge(data, result), inode.size)
         for ino in set(batch) - {inode.ino for inode in live}:
             self.store.finish_encode(ino, -1, None)  # vanished: just dequeue
             self._names.pop(ino, None)
         with self._changed:
             self._changed.notify_all()
+
+    def _input(self, inode) -> tuple[bytes, NotACandidate | None]:
+        """What the codec needs to judge a file, and the verdict when it need
+        not look: only a PNG or JPEG within the pixel limit is read whole, so
+        a large file (a 1 PB sparse one, a video) never passes through memory."""
+        head = self.store.read_raw(inode.ino, 0, HEAD_BYTES)
+        if not head.startswith(IMAGE_MAGIC):
+            return head, None  # the codec names what it is from its first bytes
+        limit = max(64 << 20, BYTES_PER_PIXEL * getattr(self.codec, "max_pixels", 50_000_000))
+        if inode.size > limit:
+            return head, NotACandidate(f"{inode.size:,} bytes, larger than any image within the pixel limit")
+        return self.store.read_raw(inode.ino), None
 
     def _name(self, ino: int) -> str:
         return self._names.get(ino) or f"inode {ino}"

@@ -85,6 +85,7 @@ class OpenFile:
     refs: int = 0
     content: FileContent | None = None
     mtime_ns: int | None = None  # of the last write, or as set by utimens while open
+    changed_ns: int = 0  # when it was last written or truncated (its ctime until the commit)
     lock: threading.Lock = field(default_factory=threading.Lock)  # content and commits
 
     @property
@@ -196,12 +197,18 @@ class Filesystem:
 
     # -- attributes
 
-    def _buffered_size(self, ino: int) -> int | None:
-        """The size of an open file's changing content: what a full read returns now."""
+    def _buffered(self, ino: int) -> tuple[int | None, int | None, int]:
+        """An open file's (size, mtime, ctime) as its unsaved changes make
+        them: the size a full read returns now (None: as stored), the times
+        of its last write (None, 0: as stored)."""
         with self._lock:
             file = self._open.get(ino)
             content = file.content if file is not None else None
-            return content.size if content is not None else None
+            if content is None:
+                return None, None, 0
+            if not content.changed:
+                return content.size, None, 0
+            return content.size, file.mtime_ns, file.changed_ns
 
     def getattr(self, path: str, fh: int | None = None) -> dict:
         handle = self._handles.get(fh) if fh is not None else None
@@ -209,8 +216,11 @@ class Filesystem:
         inode = self.store.inode(ino)
         if inode is None:
             raise fail(errno.ENOENT, path)
-        size = self._buffered_size(ino)
+        size, mtime, ctime = self._buffered(ino)
         size = inode.size if size is None else size
+        # a write shows in mtime and ctime at once, as on ext4 (not only after close): another
+        # name of the file is another kernel inode, whose page cache goes only when these change
+        mtime, ctime = inode.mtime_ns if mtime is None else mtime, max(ctime, inode.ctime_ns)
         stored = inode.stored if size == inode.size else min(size, inode.stored + (size - inode.size))
         return {
             "st_ino": ino,
@@ -224,8 +234,8 @@ class Filesystem:
             "st_blksize": 1 << 17,
             # integer nanoseconds (the FUSE layer runs mfusepy with use_ns)
             "st_atime": inode.atime_ns,
-            "st_mtime": inode.mtime_ns,
-            "st_ctime": inode.ctime_ns,
+            "st_mtime": mtime,
+            "st_ctime": ctime,
         }
 
     def chmod(self, path: str, mode: int) -> None:
@@ -443,7 +453,7 @@ class Filesystem:
         file = self._handle(fh, path, writing=True).file
         with file.lock:
             self._changing(file).write(offset, data)
-            file.mtime_ns = now_ns()
+            file.mtime_ns = file.changed_ns = now_ns()
         return len(data)
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
@@ -461,7 +471,7 @@ class Filesystem:
         file = self._handle(fh, path, writing=True).file
         with file.lock:
             self._changing(file, emptying=length == 0).truncate(length)
-            file.mtime_ns = now_ns()
+            file.mtime_ns = file.changed_ns = now_ns()
             self._commit_locked(file, path)
 
     def flush(self, path: str, fh: int) -> None:

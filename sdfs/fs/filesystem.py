@@ -18,6 +18,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import stat
 import threading
 import time
@@ -43,6 +44,8 @@ RELEASE_AFTER = 8 << 20  # a file this big leaves freed memory behind: hand it b
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 READ_ONLY_PREFIX = "user.sdfs."
 DAEMON_XATTR = READ_ONLY_PREFIX + "daemon"  # on the root: JSON of daemon_state()
+# the name libfuse moves an open file to when its last name is removed (see Filesystem.rename)
+HIDDEN_NAME = re.compile(rb"\.fuse_hidden[0-9a-f]{16}")
 
 
 def fail(code: int, what: str = "") -> OSError:
@@ -89,6 +92,7 @@ class OpenFile:
     refs: int = 0
     content: FileContent | None = None
     mtime_ns: int | None = None  # of the last write, or as set by utimens while open
+    changed_ns: int = 0  # when it was last written or truncated (its ctime until the commit)
     lock: threading.Lock = field(default_factory=threading.Lock)  # content and commits
 
     @property
@@ -126,6 +130,8 @@ class Filesystem:
         self._handles: dict[int, Handle] = {}
         self._open: dict[int, OpenFile] = {}  # both shrink at release: no entry outlives its last handle
         self._fh = itertools.count(1)
+        # (directory, libfuse's hidden name) -> inode: open files whose name was removed (see rename)
+        self._hidden: dict[tuple[int, bytes], int] = {}
         # lock order: self._lock, then an OpenFile's lock (never the other way round)
         self._lock = threading.Lock()
         self.spool_dir = store.path / "tmp"
@@ -181,7 +187,10 @@ class Filesystem:
         for part in path.strip("/").split("/"):
             if not part:
                 continue
-            child = self.store.lookup(ino, _name(part, path))
+            name = _name(part, path)
+            child = self.store.lookup(ino, name)
+            if child is None:
+                child = self._hidden.get((ino, name))
             if child is None:
                 raise fail(errno.ENOENT, path)
             ino = child
@@ -200,12 +209,18 @@ class Filesystem:
 
     # -- attributes
 
-    def _buffered_size(self, ino: int) -> int | None:
-        """The size of an open file's changing content: what a full read returns now."""
+    def _buffered(self, ino: int) -> tuple[int | None, int | None, int]:
+        """An open file's (size, mtime, ctime) as its unsaved changes make
+        them: the size a full read returns now (None: as stored), the times
+        of its last write (None, 0: as stored)."""
         with self._lock:
             file = self._open.get(ino)
             content = file.content if file is not None else None
-            return content.size if content is not None else None
+            if content is None:
+                return None, None, 0
+            if not content.changed:
+                return content.size, None, 0
+            return content.size, file.mtime_ns, file.changed_ns
 
     def getattr(self, path: str, fh: int | None = None) -> dict:
         handle = self._handles.get(fh) if fh is not None else None
@@ -213,13 +228,19 @@ class Filesystem:
         inode = self.store.inode(ino)
         if inode is None:
             raise fail(errno.ENOENT, path)
-        size = self._buffered_size(ino)
+        size, mtime, ctime = self._buffered(ino)
         size = inode.size if size is None else size
+        # a write shows in mtime and ctime at once, as on ext4 (not only after close): another
+        # name of the file is another kernel inode, whose page cache goes only when these change
+        mtime, ctime = inode.mtime_ns if mtime is None else mtime, max(ctime, inode.ctime_ns)
         stored = inode.stored if size == inode.size else min(size, inode.stored + (size - inode.size))
+        # libfuse takes one off the link count of a file it hid (it expects the hidden name to
+        # be a link); that name is not one here (see _hide), so fstat() shows the true count
+        nlink = inode.nlink + self._is_hidden(path)
         return {
             "st_ino": ino,
             "st_mode": inode.mode,
-            "st_nlink": inode.nlink,
+            "st_nlink": nlink,
             "st_uid": inode.uid,
             "st_gid": inode.gid,
             "st_rdev": inode.rdev,
@@ -228,8 +249,8 @@ class Filesystem:
             "st_blksize": 1 << 17,
             # integer nanoseconds (the FUSE layer runs mfusepy with use_ns)
             "st_atime": inode.atime_ns,
-            "st_mtime": inode.mtime_ns,
-            "st_ctime": inode.ctime_ns,
+            "st_mtime": mtime,
+            "st_ctime": ctime,
         }
 
     def chmod(self, path: str, mode: int) -> None:
@@ -317,6 +338,13 @@ class Filesystem:
         self._purge_if_unused(inode.ino)
 
     def unlink(self, path: str) -> None:
+        parent, name = self._parent(path)
+        if self.store.lookup(parent, name) is None:
+            with self._lock:
+                hidden = self._hidden.pop((parent, name), None)
+            if hidden is not None:  # libfuse lets go of a hidden file after its last close
+                self._purge_if_unused(hidden)
+                return
         self._remove(path, directory=False)
 
     def rmdir(self, path: str) -> None:
@@ -327,6 +355,8 @@ class Filesystem:
         old_parent, old_name = self._parent(old)
         new_parent, new_name = self._parent(new)
         replaced = self.store.lookup(new_parent, new_name)
+        if replaced is None and not no_replace and new_parent == old_parent and HIDDEN_NAME.fullmatch(new_name):
+            return self._hide(old, old_parent, old_name, new_name)
         with store_errors(new):
             self.store.rename(old_parent, old_name, new_parent, new_name, no_replace)
         if self.encoder is not None:
@@ -336,6 +366,31 @@ class Filesystem:
                 self.encoder.renamed(moved, old, new, directory=inode.is_dir)
         if replaced is not None:
             self._purge_if_unused(replaced)
+
+    def _hide(self, path: str, parent: int, name: bytes, hidden: bytes) -> None:
+        """libfuse's answer to the unlink of an open file (or a rename over
+        one): it renames it to .fuse_hidden<16 hex digits> in the same folder,
+        goes on calling us by that path while the file is open (fstat, fchmod,
+        fsetxattr: the kernel gives no handle for those), and unlinks that
+        name after the last close. The name is removed here for real (the
+        file's nlink drops, as on ext4; no listing shows the hidden name, a
+        folder holding one can be removed, a crash leaves an orphan that the
+        next mount purges); only the hidden path still finds the inode, until
+        libfuse unlinks it."""
+        with store_errors(path):
+            inode = self.store.unlink(parent, name)
+        with self._lock:
+            self._hidden[(parent, hidden)] = inode.ino
+        self._purge_if_unused(inode.ino)
+
+    def _is_hidden(self, path: str | None) -> bool:
+        """Is ``path`` a name _hide() keeps (and no real entry)?"""
+        if not path or not self._hidden or not HIDDEN_NAME.fullmatch(_name(path.rpartition("/")[2], path)):
+            return False
+        parent, name = self._parent(path)
+        with self._lock:
+            hidden = (parent, name) in self._hidden
+        return hidden and self.store.lookup(parent, name) is None
 
     def _purge_if_unused(self, ino: int) -> None:
         inode = self.store.inode(ino)
@@ -447,7 +502,7 @@ class Filesystem:
         file = self._handle(fh, path, writing=True).file
         with file.lock:
             self._changing(file).write(offset, data)
-            file.mtime_ns = now_ns()
+            file.mtime_ns = file.changed_ns = now_ns()
         return len(data)
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
@@ -465,7 +520,7 @@ class Filesystem:
         file = self._handle(fh, path, writing=True).file
         with file.lock:
             self._changing(file, emptying=length == 0).truncate(length)
-            file.mtime_ns = now_ns()
+            file.mtime_ns = file.changed_ns = now_ns()
             self._commit_locked(file, path)
 
     def flush(self, path: str, fh: int) -> None:

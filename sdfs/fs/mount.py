@@ -324,11 +324,13 @@ def mount(args) -> int:
     # attr_timeout=0: a file's size changes when the encoder swaps in the
     # reconstruction, and the kernel must not serve a cached st_size then
     # use_ino: st_ino is the store's inode number, so hard links show as one
-    # file (cp -a, rsync -H, find -samefile, du count it once); hard_remove:
-    # an unlinked open file loses its name at once, as on ext4 (no
-    # .fuse_hidden* file: the filesystem keeps it by handle until the last close)
+    # file (cp -a, rsync -H, find -samefile, du count it once); no hard_remove:
+    # libfuse then keeps a path for an unlinked open file (fstat(), fchmod()…
+    # reach us by path only; with hard_remove they fail with ENOENT/ESTALE).
+    # Filesystem.rename removes the name for real and only remembers that
+    # path, so no .fuse_hidden* file is ever listed or kept
     # libfuse 3 reads and writes up to 1 MiB a request by itself (max_write is no option there)
-    options = dict(foreground=True, nothreads=False, use_ino=True, hard_remove=True, attr_timeout=0,
+    options = dict(foreground=True, nothreads=False, use_ino=True, attr_timeout=0,
                    fsname=f"sdfs:{store.resolve()}", subtype="sdfs")
     if args.allow_other:
         options.update(allow_other=True, default_permissions=True)

@@ -46,7 +46,7 @@ def test_1_a_copy_with_nothing_beside_it_collects_and_reads_its_images(tmp_path)
     for path in REPO.joinpath("tests").glob("*.py"):
         assert outside not in path.read_text(), path  # no test reads ../shared
     clone = tmp_path / "clone"
-    for part in ("sdfs", "tests", "pyproject.toml"):
+    for part in ("sdfs", "tests", "bench", "pyproject.toml"):
         source = REPO / part
         if source.is_dir():
             shutil.copytree(source, clone / part, ignore=shutil.ignore_patterns("__pycache__"))

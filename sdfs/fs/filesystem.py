@@ -692,13 +692,15 @@ class Filesystem:
         return own + list(self._sdfs_xattrs(ino))
 
     def getxattr(self, path: str, name: str) -> bytes:
+        if not name.startswith("user."):
+            # never stored, so answered without a lookup: the kernel asks for
+            # security.capability before every write() and for ACLs on ls -l
+            raise fail(errno.ENODATA, name)
         ino = self.resolve(path)
         if name.startswith(READ_ONLY_PREFIX):
             value = self._sdfs_xattrs(ino).get(name)
-        elif name.startswith("user."):
-            value = self.store.get_xattr(ino, name.encode())
         else:
-            raise fail(errno.ENODATA, name)
+            value = self.store.get_xattr(ino, name.encode())
         if value is None:
             raise fail(errno.ENODATA, name)
         return value

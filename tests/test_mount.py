@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -231,3 +232,27 @@ def test_a_full_disk_gives_enospc_and_loses_no_closed_file(tmp_path, tiny_vae_di
             assert (mnt / "after.txt").read_bytes() == b"fine"
     finally:
         subprocess.run(["umount", "-l", str(disk)])
+
+
+@pytest.mark.timeout(900)
+def test_the_page_cache_never_serves_bytes_the_encoder_replaced(tmp_path, tiny_vae_dir):
+    """Re-reads come from the kernel's page cache (auto_cache), yet the moment
+    the encoder swaps a file, another process sees the new size and bytes
+    through every name of it: no stale st_size, no stale pages."""
+    store, mnt = tmp_path / "store", tmp_path / "mnt"
+    original = (KODAK / "kodim01.png").read_bytes()
+    check = ("import os, sys; st = os.stat(sys.argv[1]); data = open(sys.argv[1], 'rb').read(); "
+             "print(st.st_size, len(data), data == open(sys.argv[2], 'rb').read())")
+    with mounted(store, mnt, tiny_vae_dir):
+        (mnt / "a.png").write_bytes(original)
+        os.link(mnt / "a.png", mnt / "b.png")
+        for name in ("a.png", "b.png"):  # both names' pages now hold the original
+            assert (mnt / name).read_bytes() == original
+        wait_encoded(mnt)
+        assert os.getxattr(mnt / "a.png", "user.sdfs.kind") == b"latent"
+        for name in ("a.png", "b.png"):
+            seen = subprocess.run([sys.executable, "-c", check, str(mnt / name), str(KODAK / "kodim01.png")],
+                                  capture_output=True, text=True, check=True).stdout.split()
+            assert seen[0] == seen[1] and seen[2] == "False", (name, seen)  # the reconstruction, whole
+        served = (mnt / "a.png").read_bytes()
+        assert served == (mnt / "b.png").read_bytes() and len(served) == os.stat(mnt / "a.png").st_size

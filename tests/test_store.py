@@ -111,3 +111,15 @@ def test_read_only_open_of_a_store_still_being_created(tmp_path):
         Store(tmp_path / "half", readonly=True)
     with pytest.raises(StoreError, match="is not an sdfs store"):
         Store(tmp_path / "absent", readonly=True)
+
+
+def test_a_swap_to_a_reconstruction_of_the_same_length_moves_mtime(store):
+    """Caches keyed on (size, mtime) must see that the served bytes changed."""
+    f = store.create(ROOT, b"same.png", VERBATIM, 0o100644, 0, 0)
+    staged = store.stage(f.ino, b"x" * 1000)
+    assert store.finish_encode(f.ino, staged.generation, b"record", 1000)
+    assert store.inode(f.ino).mtime_ns == staged.mtime_ns + 1
+    g = store.create(ROOT, b"other.png", VERBATIM, 0o100644, 0, 0)
+    staged = store.stage(g.ino, b"x" * 1000)
+    assert store.finish_encode(g.ino, staged.generation, b"record", 1234)
+    assert store.inode(g.ino).mtime_ns == staged.mtime_ns  # the size tells already: the user's mtime stays

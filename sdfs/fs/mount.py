@@ -322,7 +322,10 @@ def mount(args) -> int:
         log.info("stopped; %s", f"{queued} files stay queued for the next mount" if queued else "nothing left to encode")
 
     # attr_timeout=0: a file's size changes when the encoder swaps in the
-    # reconstruction, and the kernel must not serve a cached st_size then
+    # reconstruction, and the kernel must not serve a cached st_size then;
+    # auto_cache: an open keeps the kernel's page cache of the file unless its
+    # size or mtime changed since it was cached (the swap changes one of them,
+    # see Store.finish_encode), so unchanged files are re-read from memory
     # use_ino: st_ino is the store's inode number, so hard links show as one
     # file (cp -a, rsync -H, find -samefile, du count it once); no hard_remove:
     # libfuse then keeps a path for an unlinked open file (fstat(), fchmod()…
@@ -330,7 +333,7 @@ def mount(args) -> int:
     # Filesystem.rename removes the name for real and only remembers that
     # path, so no .fuse_hidden* file is ever listed or kept
     # libfuse 3 reads and writes up to 1 MiB a request by itself (max_write is no option there)
-    options = dict(foreground=True, nothreads=False, use_ino=True, attr_timeout=0,
+    options = dict(foreground=True, nothreads=False, use_ino=True, attr_timeout=0, auto_cache=True,
                    fsname=f"sdfs:{store.resolve()}", subtype="sdfs")
     if args.allow_other:
         options.update(allow_other=True, default_permissions=True)

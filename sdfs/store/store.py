@@ -799,7 +799,11 @@ class Store:
                 return True
             self._delete_chunks(txn, ino, up_to=generation)  # a writer's uploads in progress stay
             txn.put(_key(ino), record, db=self.db["records"])
-            self._put(txn, replace(inode, kind=LATENT, size=output_length, stored=len(record)))
+            # the bytes served change; caches that trust (size, mtime) to tell
+            # (the kernel's page cache under auto_cache, rsync) must see it even
+            # when the reconstruction has the original's length
+            mtime = inode.mtime_ns + 1 if output_length == inode.size else inode.mtime_ns
+            self._put(txn, replace(inode, kind=LATENT, size=output_length, stored=len(record), mtime_ns=mtime))
             return True
 
         return self.write(op)

@@ -183,18 +183,20 @@ class Filesystem:
     # -- paths
 
     def resolve(self, path: str) -> int:
-        ino = ROOT
-        for part in path.strip("/").split("/"):
-            if not part:
-                continue
-            name = _name(part, path)
-            child = self.store.lookup(ino, name)
-            if child is None:
-                child = self._hidden.get((ino, name))
+        return self._walk(path)[0]
+
+    def _walk(self, path: str):
+        """(ino, Inode or None) of ``path``: one store transaction for the
+        whole path, more only past a hidden name (an unlinked open file)."""
+        names = [_name(part, path) for part in path.split("/") if part]
+        ino, done, inode = self.store.walk(ROOT, names)
+        while done < len(names):
+            child = self._hidden.get((ino, names[done]))
             if child is None:
                 raise fail(errno.ENOENT, path)
-            ino = child
-        return ino
+            names = names[done + 1 :]
+            ino, done, inode = self.store.walk(child, names)
+        return ino, inode
 
     def _parent(self, path: str) -> tuple[int, bytes]:
         head, _, name = path.rstrip("/").rpartition("/")
@@ -224,8 +226,8 @@ class Filesystem:
 
     def getattr(self, path: str, fh: int | None = None) -> dict:
         handle = self._handles.get(fh) if fh is not None else None
-        ino = handle.ino if handle is not None else self.resolve(path)
-        inode = self.store.inode(ino)
+        ino, inode = (handle.ino, None) if handle is not None else self._walk(path)
+        inode = inode or self.store.inode(ino)
         if inode is None:
             raise fail(errno.ENOENT, path)
         size, mtime, ctime = self._buffered(ino)

@@ -340,6 +340,20 @@ class Store:
             value = txn.get(_key(parent) + name, db=self.db["dirents"])
         return int.from_bytes(value, "big") if value else None
 
+    def walk(self, start: int, names: list[bytes]) -> tuple[int, int, Inode | None]:
+        """Follow ``names`` down from directory ``start`` in one read
+        transaction (a path costs one, not one per component): the inode
+        reached, how many names were followed, and that inode when all were."""
+        dirents = self.db["dirents"]
+        with self.reading() as txn:
+            ino = start
+            for done, name in enumerate(names):
+                value = txn.get(_key(ino) + name, db=dirents)
+                if value is None:
+                    return ino, done, None
+                ino = int.from_bytes(value, "big")
+            return ino, len(names), self._inode(txn, ino)
+
     def listdir(self, parent: int) -> list[tuple[bytes, int]]:
         return [(name, ino) for name, ino, _ in self.listdir_modes(parent)]
 

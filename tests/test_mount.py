@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +257,46 @@ def test_the_page_cache_never_serves_bytes_the_encoder_replaced(tmp_path, tiny_v
             assert seen[0] == seen[1] and seen[2] == "False", (name, seen)  # the reconstruction, whole
         served = (mnt / "a.png").read_bytes()
         assert served == (mnt / "b.png").read_bytes() and len(served) == os.stat(mnt / "a.png").st_size
+
+
+def _meta_pages_dirty(data_file: Path) -> list[bool]:
+    """Whether LMDB's two meta pages are still only in memory: after
+    drop_caches, a page still resident (and mapped by nobody) is dirty."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    Path("/proc/sys/vm/drop_caches").write_text("1")
+    fd = os.open(data_file, os.O_RDONLY)
+    try:
+        size = 2 * mmap.PAGESIZE
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        resident = (ctypes.c_ubyte * 2)()
+        assert libc.mincore(address, size, resident) == 0, ctypes.get_errno()
+        libc.munmap(address, size)
+        return [bool(page & 1) for page in resident]
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drop_caches needs root")
+def test_fsync_returns_once_the_store_on_disk_holds_the_file(tmp_path, tiny_vae_dir):
+    """Commits leave LMDB's last meta page to the page cache (MDB_NOMETASYNC,
+    docs/FORMAT.md "Durability"); fsync() writes it. Observed with the daemon
+    killed at once: no meta page is left dirty, so the disk holds the commit
+    that made the file, and the next mount finds it."""
+    store, mnt = tmp_path / "store", tmp_path / "mnt"
+    with mounted(store, mnt, tiny_vae_dir, leave_stale=True) as daemon:
+        with open(mnt / "kept.txt", "wb") as f:
+            f.write(b"durable once fsync returns")
+            f.flush()
+            os.fsync(f.fileno())
+        os.kill(daemon.pid, signal.SIGKILL)  # close() after fsync commits nothing more
+        daemon.wait()
+        assert _meta_pages_dirty(store / "data.mdb") == [False, False]
+    with mounted(store, mnt, tiny_vae_dir):
+        assert (mnt / "kept.txt").read_bytes() == b"durable once fsync returns"

@@ -142,7 +142,8 @@ def _finished(state: dict) -> int | None:
 
 def sync(mountpoint: Path, timeout: float | None = None) -> int:
     """Wait until every closed file under the mount is in its final form."""
-    if store_of(mountpoint) is None:
+    store = store_of(mountpoint)
+    if store is None:
         raise SdfsError(f"{mountpoint} is not an sdfs mount (see `findmnt -t {FSTYPE}`)")
     started = _clock()
     first = last_shown = estimate = None
@@ -152,6 +153,7 @@ def sync(mountpoint: Path, timeout: float | None = None) -> int:
         pending = state["pending"]
         now = _clock()
         if pending == 0:
+            _flush(store)
             if first:
                 print(f"sdfs sync: {first} pending files encoded in {now - started:.1f} s", file=sys.stderr)
             return 0
@@ -171,3 +173,17 @@ def sync(mountpoint: Path, timeout: float | None = None) -> int:
             print(line.ljust(79) if interactive else line, end="\r" if interactive else "\n", file=sys.stderr, flush=True)
             last_shown = now
         _sleep(0.5)
+
+
+def _flush(store: Path) -> None:
+    """Every commit the mount made is durable once this returns: the store
+    fdatasyncs its data at each commit but leaves the last meta page to the
+    page cache (docs/FORMAT.md, "Durability"); fsync from any process writes it."""
+    try:
+        fd = os.open(store / "data.mdb", os.O_RDONLY)
+    except OSError as error:
+        raise SdfsError(f"cannot open {store / 'data.mdb'} to flush it: {error.strerror}") from None
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -593,6 +593,13 @@ class Filesystem:
             self._commit(handle.file, path)
         if self.encoder is not None:
             self.encoder.wait_for(ino)
+        with store_errors(path):
+            self.store.sync()  # commits are durable but for their last meta page: this writes it
+
+    def fsyncdir(self, path: str, datasync: bool, fh: int) -> None:
+        """A directory's entries are durable when it returns (as after fsync of a folder on ext4)."""
+        with store_errors(path):
+            self.store.sync()
 
 
     def _decoded(self, inode, count: bool = True) -> bytes:

@@ -147,6 +147,10 @@ class SdfsOperations(Operations):
         return self.fs.fsync(path, datasync, fh)
 
     @_translated
+    def fsyncdir(self, path, datasync, fh):
+        return self.fs.fsyncdir(path, datasync, fh)
+
+    @_translated
     def getxattr(self, path, name, position=0):
         return self.fs.getxattr(path, name)
 

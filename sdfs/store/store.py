@@ -175,8 +175,13 @@ class Store:
         else:
             self.path.mkdir(parents=True, exist_ok=True)
         try:
+            # metasync=False (MDB_NOMETASYNC): a commit fdatasyncs its data
+            # pages but not the meta page that points at them, which the next
+            # commit's flush, sync() or the kernel's writeback carries to disk.
+            # LMDB documents that this keeps the store's integrity: a power loss
+            # can only undo the last commit (docs/FORMAT.md, "Durability")
             self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=len(_DBS), subdir=True, lock=True,
-                                 readonly=readonly, create=not readonly)
+                                 readonly=readonly, create=not readonly, metasync=False)
         except lmdb.Error as error:
             raise StoreError(f"cannot open store {self.path}: {error}") from None
         try:
@@ -202,7 +207,14 @@ class Store:
             raise
 
     def close(self) -> None:
+        if not self.readonly:
+            self.sync()
         self.env.close()
+
+    def sync(self) -> None:
+        """Make every commit so far durable (the last one's meta page included)."""
+        with self._lmdb_errors():
+            self.env.sync(True)
 
     # -- transactions
 

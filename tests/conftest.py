@@ -68,3 +68,16 @@ def smooth_latent(seed: int = 0, shape=(4, 64, 64)) -> np.ndarray:
     for axis in (1, 2):
         noise = (noise + np.roll(noise, 1, axis) + np.roll(noise, -1, axis)) / 3
     return (noise * 4).astype(np.float32)
+
+
+# a model identity for stores that never run a model (store, content tests)
+STORE_MODEL = {"name": "tiny", "weights_sha256": "ab" * 32, "scaling_factor": 0.18215}
+
+
+@pytest.fixture
+def store(tmp_path):
+    from sdfs.store import Store
+
+    opened = Store(tmp_path / "store", STORE_MODEL)
+    yield opened
+    opened.close()

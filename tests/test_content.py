@@ -12,15 +12,7 @@ import pytest
 from sdfs.fs.content import FileContent
 from sdfs.store import CHUNK, MAX_FILE_SIZE, ROOT, SPECIAL, VERBATIM, Store
 from sdfs.store.store import _INODE, _INODE_V1
-
-MODEL = {"name": "tiny", "weights_sha256": "ab" * 32, "scaling_factor": 0.18215}
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "store", MODEL)
-    yield s
-    s.close()
+from tests.conftest import STORE_MODEL as MODEL
 
 
 def chunk_keys(store: Store, ino: int) -> list[tuple[int, int]]:

@@ -6,14 +6,7 @@ import pytest
 from sdfs.errors import ModelMismatch
 from sdfs.store import CHUNK, DIR, LATENT, PENDING, ROOT, SYMLINK, VERBATIM, Store
 
-MODEL = {"name": "tiny", "weights_sha256": "ab" * 32, "scaling_factor": 0.18215}
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "store", MODEL)
-    yield s
-    s.close()
+from tests.conftest import STORE_MODEL as MODEL
 
 
 def test_store_module_does_not_import_torch():

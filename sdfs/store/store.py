@@ -671,6 +671,15 @@ class Store:
 
         return self.write(op)
 
+    def _writers_inode(self, txn, ino: int, version: int) -> Inode:
+        """The inode a writer's new ``version`` of the content is for; that version must be new."""
+        inode = self._inode(txn, ino)
+        if inode is None:
+            raise FileNotFoundError(ino)
+        if version <= inode.generation:
+            raise ValueError(f"inode {ino}: content version {version} is not above generation {inode.generation}")
+        return inode
+
     def upload(self, ino: int, version: int, pieces: dict[int, bytes]) -> None:
         """Part of a writer's new content, stored now but read by nobody until
         commit_content(ino, version, …): chunks of ``version``, which must be
@@ -679,11 +688,7 @@ class Store:
         nor one transaction grows with the file."""
 
         def op(txn):
-            inode = self._inode(txn, ino)
-            if inode is None:
-                raise FileNotFoundError(ino)
-            if version <= inode.generation:
-                raise ValueError(f"inode {ino}: upload version {version} is not above generation {inode.generation}")
+            self._writers_inode(txn, ino, version)
             txn.put(_key(ino), version.to_bytes(8, "big"), db=self.db["uploads"])
             for index, piece in pieces.items():
                 key = _chunk_key(ino, index, version)
@@ -706,11 +711,7 @@ class Store:
         count = -(-size // CHUNK)
 
         def op(txn):
-            inode = self._inode(txn, ino)
-            if inode is None:
-                raise FileNotFoundError(ino)
-            if version <= inode.generation:
-                raise ValueError(f"inode {ino}: content version {version} is not above generation {inode.generation}")
+            inode = self._writers_inode(txn, ino, version)
             chunks = self.db["chunks"]
             entries = self._chunks_of(txn, ino)
             stored = 0

@@ -474,7 +474,9 @@ def _read_source(store: Store, entry: Entry, max_pixels: int, progress) -> _Read
             return _Read(entry, head, len(data), reason, data=data)
         pieces = _Pieces(fd, progress)
         content = store.put_content(pieces, UPLOAD_BYTES)
-        content = replace(content, size=max(content.size, os.fstat(fd).st_size))  # a file can end in a hole
+        # a file can end in a hole: its size when opened says how long (bytes
+        # appended since were not read, and must not appear as zeros)
+        content = replace(content, size=max(content.size, size))
         progress.advance(nbytes=max(0, size - pieces.reported))
         return _Read(entry, head, content.size, reason, content=content)
     finally:

@@ -95,6 +95,17 @@ def test_rename_and_unlink_while_open(fs):
     assert fs.store.inode(ino) is None  # purged at the last release
 
 
+def test_a_closed_file_renamed_to_a_hidden_looking_name_is_an_ordinary_rename(fs):
+    """Only an open file is hidden by libfuse: a tree copied off another FUSE
+    mount may hold .fuse_hidden* files, and rsync renames onto such names."""
+    fs.release("/tmp-name", _write(fs, "/tmp-name", b"kept"))
+    fs.rename("/tmp-name", "/.fuse_hidden0000000100000002")
+    reader = fs.open("/.fuse_hidden0000000100000002", os.O_RDONLY)
+    assert fs.read("/.fuse_hidden0000000100000002", 100, 0, reader) == b"kept"
+    fs.release("/.fuse_hidden0000000100000002", reader)
+    assert [entry[0] for entry in fs.readdir("/") if entry[0] not in (".", "..")] == [".fuse_hidden0000000100000002"]
+
+
 def test_errnos(fs):
     with pytest.raises(OSError) as caught:
         fs.getattr("/missing")

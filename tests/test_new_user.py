@@ -93,7 +93,7 @@ def _sync_lines(monkeypatch, capsys, state_at):
     monkeypatch.setattr(control, "_clock", lambda: clock[0])
     monkeypatch.setattr(control, "_sleep", lambda seconds: clock.__setitem__(0, clock[0] + seconds))
     monkeypatch.setattr(control, "store_of", lambda mountpoint: Path("/store"))
-    monkeypatch.setattr(control, "_flush", lambda store: None)  # no store behind this pretend mount
+    monkeypatch.setattr(control, "_flush", lambda mountpoint: None)  # nothing behind this pretend mount
     monkeypatch.setattr(control, "daemon_state", lambda mountpoint: state_at(clock[0]))
     assert control.sync(Path("/mnt")) == 0
     return capsys.readouterr().err.splitlines()

@@ -142,8 +142,7 @@ def _finished(state: dict) -> int | None:
 
 def sync(mountpoint: Path, timeout: float | None = None) -> int:
     """Wait until every closed file under the mount is in its final form."""
-    store = store_of(mountpoint)
-    if store is None:
+    if store_of(mountpoint) is None:
         raise SdfsError(f"{mountpoint} is not an sdfs mount (see `findmnt -t {FSTYPE}`)")
     started = _clock()
     first = last_shown = estimate = None
@@ -153,7 +152,7 @@ def sync(mountpoint: Path, timeout: float | None = None) -> int:
         pending = state["pending"]
         now = _clock()
         if pending == 0:
-            _flush(store)
+            _flush(mountpoint)
             if first:
                 print(f"sdfs sync: {first} pending files encoded in {now - started:.1f} s", file=sys.stderr)
             return 0
@@ -175,15 +174,17 @@ def sync(mountpoint: Path, timeout: float | None = None) -> int:
         _sleep(0.5)
 
 
-def _flush(store: Path) -> None:
-    """Every commit the mount made is durable once this returns: the store
-    fdatasyncs its data at each commit but leaves the last meta page to the
-    page cache (docs/FORMAT.md, "Durability"); fsync from any process writes it."""
+
+def _flush(mountpoint: Path) -> None:
+    """Every commit the mount made is durable once this returns: fsync() of
+    the mount's root folder reaches the daemon, which syncs the store (as its
+    owner: this process may not be allowed to open the store's files)."""
     try:
-        fd = os.open(store / "data.mdb", os.O_RDONLY)
+        fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except OSError as error:
-        raise SdfsError(f"cannot open {store / 'data.mdb'} to flush it: {error.strerror}") from None
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        raise SdfsError(f"every file is encoded, but the store could not be synced: {error.strerror}; "
+                        "run `sync` to be sure it is on disk") from None

@@ -358,7 +358,11 @@ class Filesystem:
         new_parent, new_name = self._parent(new)
         replaced = self.store.lookup(new_parent, new_name)
         if replaced is None and not no_replace and new_parent == old_parent and HIDDEN_NAME.fullmatch(new_name):
-            return self._hide(old, old_parent, old_name, new_name)
+            moving = self.store.lookup(old_parent, old_name)
+            with self._lock:
+                hiding = moving in self._open  # libfuse hides open files only: any other such name is a user's
+            if hiding:
+                return self._hide(old, old_parent, old_name, new_name)
         with store_errors(new):
             self.store.rename(old_parent, old_name, new_parent, new_name, no_replace)
         if self.encoder is not None:
@@ -502,7 +506,7 @@ class Filesystem:
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         file = self._handle(fh, path, writing=True).file
-        with file.lock:
+        with file.lock, store_errors(path):  # an upload past the memory budget can meet a full disk
             self._changing(file).write(offset, data)
             file.mtime_ns = file.changed_ns = now_ns()
         return len(data)

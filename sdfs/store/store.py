@@ -776,10 +776,12 @@ class Store:
                 return b""
             out = bytearray(end - offset)  # holes and short chunks read as zeros
             chunks = self.db["chunks"]
+            current = {}  # index -> its chunk of the highest version up to the generation (keys sort by version)
             for index, version, key in self._chunks_of(txn, ino, offset // CHUNK, -(-end // CHUNK)):
+                if version <= inode.generation:  # above it: an upload in progress
+                    current[index] = key
+            for index, key in current.items():
                 base = index * CHUNK
-                if version > inode.generation:
-                    continue  # an upload in progress
                 value = txn.get(key, db=chunks)
                 lo, hi = max(offset - base, 0), min(end - base, len(value))
                 if hi > lo:

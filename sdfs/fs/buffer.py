@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
 
 
 class WriteBuffer:
@@ -66,12 +65,6 @@ class WriteBuffer:
             os.ftruncate(self._file.fileno(), length)
         self._size = length
 
-    def chunks(self, chunk: int) -> "Chunks":
-        """The content in pieces of ``chunk`` bytes (the last may be shorter),
-        as an iterable that starts over each time (a store transaction retried
-        after growing its map reads the content again)."""
-        return Chunks(self, chunk)
-
     def _spill(self) -> None:
         spilled = tempfile.TemporaryFile(dir=self._spill_dir)
         try:
@@ -88,12 +81,3 @@ class WriteBuffer:
         if self._file is not None:
             self._file.close()
         self._memory = None
-
-
-class Chunks:
-    def __init__(self, buffer: WriteBuffer, chunk: int):
-        self._buffer, self._chunk = buffer, chunk
-
-    def __iter__(self) -> Iterator[bytes]:
-        for start in range(0, self._buffer.size, self._chunk):
-            yield self._buffer.read(start, self._chunk)

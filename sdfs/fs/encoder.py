@@ -182,6 +182,7 @@ class Encoder:
             return
         for inode, data, result in zip(live, datas, results):
             self._finish(inode, judge(data, result), len(data))
+
     def _name(self, ino: int) -> str:
         return self._names.get(ino) or f"inode {ino}"
 

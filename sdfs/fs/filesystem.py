@@ -79,7 +79,7 @@ def _name(part: str, path: str) -> bytes:
 
 class _Rewritten(Exception):
     """A latent file was rewritten between reading its inode and its record:
-    look again (its new content is in the shared buffer or the store)."""
+    look again (its new content is in the open file's FileContent or the store)."""
 
 
 @dataclass(eq=False)
@@ -605,6 +605,7 @@ class Filesystem:
         with store_errors(path):
             self.store.sync()
 
+    # -- latent reads
 
     def _decoded(self, inode, count: bool = True) -> bytes:
         """The reconstruction, from the cache or decoded once however many

@@ -83,16 +83,10 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-def _pieces(data: bytes | Iterable[bytes]) -> Iterator[bytes]:
-    """Content as CHUNK-sized pieces: bytes are sliced, an iterable (a write
-    buffer's chunks, so no file is ever copied whole) is taken as it comes. It
-    must start over when iterated again: a transaction retried after the map
-    grew reads it again (a generator would give nothing the second time)."""
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        for start in range(0, len(data), CHUNK):
-            yield bytes(data[start : start + CHUNK])
-    else:
-        yield from data
+def _pieces(data: bytes) -> Iterator[bytes]:
+    """Content as CHUNK-sized pieces."""
+    for start in range(0, len(data), CHUNK):
+        yield bytes(data[start : start + CHUNK])
 
 
 def _all_zeros(piece) -> bool:
@@ -619,7 +613,7 @@ class Store:
         self._delete_chunks(txn, ino)
         txn.delete(_key(ino), db=self.db["records"])
 
-    def _put_chunks(self, txn, ino: int, data: bytes | Iterable[bytes], version: int) -> tuple[int, int]:
+    def _put_chunks(self, txn, ino: int, data: bytes, version: int) -> tuple[int, int]:
         """Store content as chunks of ``version``, leaving out pieces that are
         all zeros (holes); returns (its length, the bytes stored)."""
         length = stored = 0
@@ -652,11 +646,10 @@ class Store:
             txn.delete(_key(inode.ino), db=self.db["pending"])
         return inode
 
-    def stage(self, ino: int, data: bytes | Iterable[bytes], queue: bool = True, mtime_ns: int | None = None,
+    def stage(self, ino: int, data: bytes, queue: bool = True, mtime_ns: int | None = None,
               notes: dict[bytes, bytes | None] | None = None) -> Inode:
-        """Durably replace a file's content with raw bytes (or an iterable of
-        CHUNK-sized pieces) in one transaction; queue it for encoding unless
-        it is empty. ``mtime_ns``: when the content was last written (default:
+        """Durably replace a file's content with raw bytes in one transaction
+        (uploads in progress go too); queue it for encoding unless it is empty. ``mtime_ns``: when the content was last written (default:
         now). ``notes``: internal xattrs changed in the same transaction.
         The mount writes large files with upload() and commit_content() instead."""
 

@@ -103,6 +103,23 @@ class Encoder:
                 if name.startswith(old + "/"):
                     self._names[other] = new + name[len(old) :]
 
+    def screen(self, head: bytes, size: int):
+        """The verdict (an Outcome) on content that cannot be an image, judged
+        by its first HEAD_BYTES and its size; None for a candidate, which the
+        VAE must see. The filesystem asks at close(), so a file that is no
+        image is final in the commit that stores it and never waits in the queue."""
+        try:
+            images.screen(head, size, self.codec.max_pixels)
+        except NotACandidate as reason:
+            return judge(head, reason, length=size)
+        return None
+
+    def settled(self, ino: int, outcome, path: str | None = None) -> None:
+        """Log and count a verdict stored without the queue (see screen())."""
+        log.log(outcome.log_level, "%s: %s", path or self._name(ino), outcome.verdict)
+        self._names.pop(ino, None)
+        self.finished[outcome.verdict.split(":", 1)[0]] += 1
+
     # -- the thread
 
     def _run(self) -> None:
@@ -154,11 +171,9 @@ class Encoder:
         # image is never read whole: a video of several GB costs one read of its head
         candidates = []
         for inode in live:
-            head = self.store.read_raw(inode.ino, 0, images.HEAD_BYTES)
-            try:
-                images.screen(head, inode.size, self.codec.max_pixels)
-            except NotACandidate as reason:
-                self._finish(inode, judge(head, reason, length=inode.size), inode.size)
+            outcome = self.screen(self.store.read_raw(inode.ino, 0, images.HEAD_BYTES), inode.size)
+            if outcome is not None:
+                self._finish(inode, outcome, inode.size)
             else:
                 candidates.append(inode)
         if candidates:
@@ -201,8 +216,6 @@ class Encoder:
             return
         self._retry_after.pop(inode.ino, None)
         if taken:  # else the file changed meanwhile and is queued again
-            log.log(outcome.log_level, "%s: %s", self._name(inode.ino), outcome.verdict)
-            self._names.pop(inode.ino, None)
-            self.finished[outcome.verdict.split(":", 1)[0]] += 1
+            self.settled(inode.ino, outcome)
         with self._changed:
             self._changed.notify_all()  # an fsync() of this file returns now

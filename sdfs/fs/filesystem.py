@@ -29,12 +29,14 @@ from cachetools import LRUCache
 
 from .. import memory
 from ..codec import container
+from ..codec.images import HEAD_BYTES
 from ..errors import SdfsError
 from ..ingest import VERDICT, staged_notes
 from ..store import CHUNK, DIR, KIND_NAMES, LATENT, NAME_MAX, PENDING, ROOT, SPECIAL, SYMLINK, VERBATIM, Store
 from ..store.store import now_ns
 from .buffer import WriteBuffer
 from .content import FileContent
+from .kernel_cache import KernelCache
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,7 @@ class Filesystem:
         self.store = store
         self.codec = codec
         self.encoder = encoder
+        self.kernel = KernelCache()  # what the kernel may hold of each file, and what drops it
         # one entry per inode, (generation, reconstruction): a rewritten file's
         # old reconstruction goes at once instead of ageing out of the LRU
         self.cache = LRUCache(maxsize=cache_bytes, getsizeof=lambda entry: len(entry[1]))
@@ -132,8 +135,11 @@ class Filesystem:
         self._fh = itertools.count(1)
         # (directory, libfuse's hidden name) -> inode: open files whose name was removed (see rename)
         self._hidden: dict[tuple[int, bytes], int] = {}
-        # lock order: self._lock, then an OpenFile's lock (never the other way round)
+        # lock order: self._lock, then an OpenFile's lock (never the other way round);
+        # nobody holds self._lock across a store transaction
         self._lock = threading.Lock()
+        self._swaps: set[int] = set()  # unopened files whose stored bytes the encoder is replacing
+        self._swapped = threading.Condition(self._lock)
         self.spool_dir = store.path / "tmp"
         self.spool_dir.mkdir(exist_ok=True)
         for ino in store.orphans():  # names removed while open before a crash
@@ -149,16 +155,21 @@ class Filesystem:
         """Held while the encoder replaces a file's stored bytes. Handles open
         on it keep reading the bytes they opened: those are copied into the
         shared buffer first. A file nobody has open cannot be opened meanwhile."""
-        self._lock.acquire()
-        file = self._open.get(ino)
+        with self._lock:
+            file = self._open.get(ino)
+            if file is None:
+                self._swaps.add(ino)  # an open() of it waits (see _new_handle); nothing else does
+            else:
+                file.refs += 1  # keeps it registered: handles opened meanwhile join it, and wait for its lock
         if file is None:
             try:
                 yield
+                self.kernel.invalidate(ino)  # before an open() can cache the new size or bytes
             finally:
-                self._lock.release()
+                with self._lock:
+                    self._swaps.discard(ino)
+                    self._swapped.notify_all()
             return
-        file.refs += 1  # keeps it registered: handles opened meanwhile join it, and wait for its lock
-        self._lock.release()
         try:
             with file.lock:
                 content = file.content
@@ -173,6 +184,7 @@ class Filesystem:
                 yield
         finally:
             self._unref(file, None)
+        self.kernel.invalidate(ino)  # not under the file's lock: a read request waiting for it holds pages
 
     def _dirty_files(self) -> frozenset[int]:
         """Files whose buffers hold changes the store does not have: encoding
@@ -203,8 +215,8 @@ class Filesystem:
         if not name:
             raise fail(errno.EINVAL, path)
         name = _name(name, path)
-        parent = self.resolve(head or "/")
-        inode = self.store.inode(parent)
+        parent, inode = self._walk(head or "/")
+        inode = inode or self.store.inode(parent)
         if inode is None or not inode.is_dir:
             raise fail(errno.ENOTDIR, head)
         return parent, name
@@ -239,6 +251,8 @@ class Filesystem:
         # libfuse takes one off the link count of a file it hid (it expects the hidden name to
         # be a link); that name is not one here (see _hide), so fstat() shows the true count
         nlink = inode.nlink + self._is_hidden(path)
+        if path:
+            self.kernel.served(ino, path)
         return {
             "st_ino": ino,
             "st_mode": inode.mode,
@@ -259,11 +273,13 @@ class Filesystem:
         ino = self.resolve(path)
         inode = self.store.inode(ino)
         self.store.setattr(ino, mode=(inode.mode & ~0o7777) | (mode & 0o7777))
+        self.kernel.changed(ino, path)
 
     def chown(self, path: str, uid: int, gid: int) -> None:
         ino = self.resolve(path)
         inode = self.store.inode(ino)
         self.store.setattr(ino, uid=inode.uid if uid == -1 else uid, gid=inode.gid if gid == -1 else gid)
+        self.kernel.changed(ino, path)
 
     def utimens(self, path: str, times_ns: tuple[int, int] | None = None) -> None:
         """utimensat(2): ``None`` sets both times to now; either time may be
@@ -281,6 +297,7 @@ class Filesystem:
                 file = self._open.get(ino)
                 if file is not None:
                     file.mtime_ns = changes["mtime_ns"]
+        self.kernel.changed(ino, path)
 
     # -- directories and names
 
@@ -320,6 +337,9 @@ class Filesystem:
         parent, name = self._parent(path)
         with store_errors(path):
             self.store.link(ino, parent, name)
+        # the link count of all its names: the kernel updates none of them here (in
+        # libfuse's high-level API the new name is another kernel inode, not this one)
+        self.kernel.invalidate(ino)
 
     def mkdir(self, path: str, mode: int, uid: int = 0, gid: int = 0) -> None:
         self._create(path, DIR, stat.S_IFDIR | (mode & 0o7777), uid, gid)
@@ -334,14 +354,25 @@ class Filesystem:
         return self.store.read_raw(ino).decode("utf-8", "surrogateescape")
 
     def _remove(self, path: str, directory: bool) -> None:
+        """The name goes, and the file with it when that was its last name and
+        nobody has it open: one transaction (an open file is purged at its last release)."""
         parent, name = self._parent(path)
         with store_errors(path):
-            inode = self.store.unlink(parent, name, directory=directory)
-        self._purge_if_unused(inode.ino)
+            inode = self.store.unlink(parent, name, directory=directory, in_use=self._in_use)
+        if inode.nlink == 0:
+            self._purge_if_unused(inode.ino)  # opened while it went, and closed again since
+            self._forget(inode.ino)
+        else:
+            self.kernel.changed(inode.ino, path)  # its other names' link count
+
+    def _in_use(self, ino: int) -> bool:
+        """Held open now? Asked inside a store transaction, so without self._lock
+        (one dict lookup is atomic); the last release purges what this keeps."""
+        return ino in self._open
 
     def unlink(self, path: str) -> None:
         parent, name = self._parent(path)
-        if self.store.lookup(parent, name) is None:
+        if (parent, name) in self._hidden and self.store.lookup(parent, name) is None:
             with self._lock:
                 hidden = self._hidden.pop((parent, name), None)
             if hidden is not None:  # libfuse lets go of a hidden file after its last close
@@ -365,13 +396,16 @@ class Filesystem:
                 return self._hide(old, old_parent, old_name, new_name)
         with store_errors(new):
             self.store.rename(old_parent, old_name, new_parent, new_name, no_replace)
-        if self.encoder is not None:
-            moved = self.store.lookup(new_parent, new_name)
-            inode = self.store.inode(moved) if moved is not None else None
-            if inode is not None:
+        moved = self.store.lookup(new_parent, new_name)
+        inode = self.store.inode(moved) if moved is not None else None
+        if inode is not None:
+            self.kernel.moved(moved, old, new, directory=inode.is_dir)
+            self.kernel.changed(moved, new)  # the ctime of its other names
+            if self.encoder is not None:
                 self.encoder.renamed(moved, old, new, directory=inode.is_dir)
-        if replaced is not None:
+        if replaced is not None and replaced != moved:
             self._purge_if_unused(replaced)
+            self.kernel.changed(replaced, new)  # the replaced file's other names: one link less
 
     def _hide(self, path: str, parent: int, name: bytes, hidden: bytes) -> None:
         """libfuse's answer to the unlink of an open file (or a rename over
@@ -388,6 +422,7 @@ class Filesystem:
         with self._lock:
             self._hidden[(parent, hidden)] = inode.ino
         self._purge_if_unused(inode.ino)
+        self.kernel.changed(inode.ino, path)
 
     def _is_hidden(self, path: str | None) -> bool:
         """Is ``path`` a name _hide() keeps (and no real entry)?"""
@@ -436,6 +471,9 @@ class Filesystem:
     def _new_handle(self, ino: int, writable: bool) -> int:
         with self._lock:
             file = self._open.get(ino)
+            if file is None:
+                self._swapped.wait_for(lambda: ino not in self._swaps)
+                file = self._open.get(ino)  # opened by another handle meanwhile?
             if file is None:
                 file = self._open[ino] = OpenFile(ino)
             file.refs += 1
@@ -509,6 +547,7 @@ class Filesystem:
         with file.lock, store_errors(path):  # an upload past the memory budget can meet a full disk
             self._changing(file).write(offset, data)
             file.mtime_ns = file.changed_ns = now_ns()
+        self.kernel.changed(file.ino, path)  # other names of it see the new size and bytes at once
         return len(data)
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
@@ -528,6 +567,7 @@ class Filesystem:
             self._changing(file, emptying=length == 0).truncate(length)
             file.mtime_ns = file.changed_ns = now_ns()
             self._commit_locked(file, path)
+        self.kernel.changed(file.ino, path)
 
     def flush(self, path: str, fh: int) -> None:
         """close() of any descriptor: make its changes durable before it returns."""
@@ -546,14 +586,20 @@ class Filesystem:
         if not file.dirty:
             return
         content = file.content
+        queue, notes = self.encoder is not None, staged_notes(content.size)
+        verdict = self.encoder.screen(content.read(0, HEAD_BYTES), content.size) if queue and content.size else None
+        if verdict is not None:  # no image: final now, as the encoder would have made it
+            queue, notes = False, verdict.notes(content.size)
         with store_errors(path or ""):
-            content.commit(queue=self.encoder is not None, mtime_ns=file.mtime_ns, notes=staged_notes(content.size))
+            content.commit(queue=queue, mtime_ns=file.mtime_ns, notes=notes)
         file.content = None
         content.close()
         if content.size >= RELEASE_AFTER:
             memory.release()
         self._forget(file.ino)
-        if self.encoder is not None:
+        if verdict is not None:
+            self.encoder.settled(file.ino, verdict, path)
+        elif queue:
             if path:
                 self.encoder.remember_name(file.ino, path)
             self.encoder.notify()
@@ -726,6 +772,7 @@ class Filesystem:
         if not name.startswith("user."):
             raise fail(errno.ENOTSUP, name)
         self.store.set_xattr(ino, name.encode(), value)
+        self.kernel.changed(ino, path)  # ctime
 
     def removexattr(self, path: str, name: str) -> None:
         ino = self.resolve(path)
@@ -733,6 +780,7 @@ class Filesystem:
             raise fail(errno.EPERM, name)
         if not name.startswith("user.") or not self.store.remove_xattr(ino, name.encode()):
             raise fail(errno.ENODATA, name)
+        self.kernel.changed(ino, path)  # ctime
 
     def statfs(self) -> dict:
         disk = os.statvfs(self.store.path)

@@ -25,6 +25,7 @@ from ..errors import SdfsError
 from ..service import notify
 from ..store.lock import StoreLock
 from .binding import require_libfuse
+from .kernel_cache import KernelCache
 
 log = logging.getLogger(__name__)
 
@@ -321,8 +322,11 @@ def mount(args) -> int:
         lock.release()
         log.info("stopped; %s", f"{queued} files stay queued for the next mount" if queued else "nothing left to encode")
 
-    # attr_timeout=0: a file's size changes when the encoder swaps in the
-    # reconstruction, and the kernel must not serve a cached st_size then;
+    # attr_timeout, entry_timeout: the kernel answers stat, lookups and re-reads
+    # of unchanged files itself for that long; what changes without its knowing
+    # (the encoder's swap, another name of a hard-linked file) is invalidated
+    # (fs/kernel_cache.py). A libfuse without fuse_invalidate_path (before 3.2)
+    # gets attr_timeout=0: every stat asks the daemon.
     # auto_cache: an open keeps the kernel's page cache of the file unless its
     # size or mtime changed since it was cached (the swap changes one of them,
     # see Store.finish_encode), so unchanged files are re-read from memory
@@ -333,13 +337,16 @@ def mount(args) -> int:
     # Filesystem.rename removes the name for real and only remembers that
     # path, so no .fuse_hidden* file is ever listed or kept
     # libfuse 3 reads and writes up to 1 MiB a request by itself (max_write is no option there)
-    options = dict(foreground=True, nothreads=False, use_ino=True, attr_timeout=0, auto_cache=True,
+    from .binding import fuse_class, load
+    from .kernel_cache import ATTR_TIMEOUT
+    from .operations import SdfsOperations
+
+    cached = KernelCache.supported(load()._libfuse)
+    options = dict(foreground=True, nothreads=False, use_ino=True, auto_cache=True,
+                   attr_timeout=ATTR_TIMEOUT if cached else 0, entry_timeout=ATTR_TIMEOUT,
                    fsname=f"sdfs:{store.resolve()}", subtype="sdfs")
     if args.allow_other:
         options.update(allow_other=True, default_permissions=True)
-    from .binding import fuse_class
-    from .operations import SdfsOperations
-
     notify(f"STATUS=mounting {args.store} at {mountpoint}")
     try:
         with libfuse_stderr:  # libfuse and fusermount say why they refuse on stderr only

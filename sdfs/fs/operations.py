@@ -7,6 +7,7 @@ import logging
 
 from .binding import load
 from .filesystem import Filesystem
+from .kernel_cache import KernelCache
 
 _mfusepy = load()
 FuseOSError, Operations, fuse_get_context = _mfusepy.FuseOSError, _mfusepy.Operations, _mfusepy.fuse_get_context
@@ -46,10 +47,13 @@ class SdfsOperations(Operations):
         self._on_destroy = on_destroy
 
     def init(self, path):
+        if KernelCache.supported(_mfusepy._libfuse):
+            self.fs.kernel.attach(_mfusepy._libfuse)
         if self._on_ready:
             self._on_ready()
 
     def destroy(self, path):
+        self.fs.kernel.detach()
         if self._on_destroy:
             self._on_destroy()
 

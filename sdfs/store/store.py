@@ -440,9 +440,11 @@ class Store:
 
         return self.write(op)
 
-    def unlink(self, parent: int, name: bytes, directory: bool = False) -> Inode:
-        """Remove a name. An inode left with no links becomes an orphan, kept
-        until purge() (the filesystem purges it once no handle has it open)."""
+    def unlink(self, parent: int, name: bytes, directory: bool = False,
+               in_use: Callable[[int], bool] | None = None) -> Inode:
+        """Remove a name. An inode left with no links goes in the same
+        transaction unless ``in_use(ino)`` says it is open (no ``in_use``:
+        always kept); a kept one is an orphan until purge()."""
 
         def op(txn):
             key = _key(parent) + name
@@ -456,7 +458,10 @@ class Store:
                 raise OSError(39, "Directory not empty")  # ENOTEMPTY
             txn.delete(key, db=self.db["dirents"])
             txn.delete(_key(inode.ino), db=self.db["dirparents"])
-            return self._drop_link(txn, parent, inode)
+            inode = self._drop_link(txn, parent, inode)
+            if inode.nlink == 0 and in_use is not None and not in_use(inode.ino):
+                self._delete_inode(txn, inode.ino)
+            return inode
 
         return self.write(op)
 
@@ -578,18 +583,20 @@ class Store:
     # version): nobody reads them until commit_content() makes them the
     # content in one small transaction, and a mount drops what a crash left.
 
-    def _chunks_of(self, txn, ino: int, start: int = 0, end: int | None = None) -> list[tuple[int, int, bytes]]:
+    def _chunks_of(self, txn, ino: int, start: int = 0, end: int | None = None,
+                   step_bytes: int = CHUNK) -> list[tuple[int, int, bytes]]:
         """(index, version, key) of ``ino``'s chunks with ``start <= index < end``, in order.
 
         py-lmdb touches every page of the value under the cursor at each step
         (it preloads it, to fault it in without the GIL), even when only keys
-        are asked for: each step maps a chunk, so each counts as read."""
+        are asked for: each step maps a chunk, so each counts as read
+        (``step_bytes``: what a chunk holds at most, where the caller knows less)."""
         prefix = _key(ino)
         found = []
         cursor = txn.cursor(db=self.db["chunks"])
         if cursor.set_range(_chunk_prefix(ino, start)):
             for key in cursor.iternext(values=False):
-                self._mapped.touched(CHUNK)
+                self._mapped.touched(step_bytes)
                 key = bytes(key)
                 if not key.startswith(prefix):
                     break
@@ -601,13 +608,18 @@ class Store:
 
     def _delete_chunks(self, txn, ino: int, up_to: int | None = None) -> None:
         """Delete ``ino``'s chunks (only those of versions up to ``up_to`` when given)."""
-        for _, version, key in self._chunks_of(txn, ino):
+        inode = self._inode(txn, ino)
+        # a small file's chunks are small: counted as a whole chunk each, deleting
+        # many small files would drop the map every few dozen (reading /proc/self/maps each time)
+        uploading = txn.get(_key(ino), db=self.db["uploads"]) is not None  # its chunks may be larger
+        step = CHUNK if inode is None or uploading else max(1, min(CHUNK, inode.size, inode.stored))
+        for _, version, key in self._chunks_of(txn, ino, step_bytes=step):
             if up_to is None or version <= up_to:
-                self._delete_chunk(txn, key)
+                self._delete_chunk(txn, key, step)
 
-    def _delete_chunk(self, txn, key: bytes) -> None:
+    def _delete_chunk(self, txn, key: bytes, step_bytes: int = CHUNK) -> None:
         txn.delete(key, db=self.db["chunks"])
-        self._mapped.touched(CHUNK)  # deleting a value touches its pages too (measured: as many as it has)
+        self._mapped.touched(step_bytes)  # deleting a value touches its pages too (measured: as many as it has)
 
     def _delete_content(self, txn, ino: int) -> None:
         self._delete_chunks(txn, ino)

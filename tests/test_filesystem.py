@@ -81,6 +81,28 @@ def test_eight_threads_share_one_decode_and_cache_stays_in_budget(fs):
     assert fs.cache.currsize <= fs.cache.maxsize
 
 
+def test_close_gives_a_file_that_cannot_be_an_image_its_verdict_in_the_same_commit(fs):
+    """Judged by its head and size at close(), as the encoder would judge it:
+    never queued, final at once; an image candidate still waits for the VAE."""
+    fs.encoder.stop()  # nothing may settle it behind the commit's back
+    fh = _write(fs, "/notes.txt", b"not an image\n" * 100)
+    fs.release("/notes.txt", fh)
+    ino = fs.resolve("/notes.txt")
+    assert not fs.store.is_pending(ino) and fs.getxattr("/notes.txt", "user.sdfs.kind") == b"verbatim"
+    assert fs.getxattr("/notes.txt", "user.sdfs.verdict").startswith(b"stored verbatim: not a PNG or JPEG")
+    assert fs.encoder.finished["stored verbatim"] == 1
+    fh = _write(fs, "/a.png", CANDIDATES["rgb.png"]())
+    fs.release("/a.png", fh)
+    assert fs.store.is_pending(fs.resolve("/a.png"))
+
+
+def test_unlink_of_a_closed_file_deletes_it_in_the_same_transaction(fs):
+    fs.release("/gone.txt", _write(fs, "/gone.txt", b"data"))
+    ino = fs.resolve("/gone.txt")
+    fs.unlink("/gone.txt")
+    assert fs.store.inode(ino) is None and ino not in fs.store.orphans()
+
+
 def test_rename_and_unlink_while_open(fs):
     fh = _write(fs, "/.goutputstream-X", b"data")
     fs.rename("/.goutputstream-X", "/final.txt")  # GIO renames while the file is open

@@ -354,6 +354,12 @@ def test_hard_links_share_one_inode(fs, here):
         os.close(writer)
         os.close(reader)
 
+    # attributes changed through one name show through the others at once, though
+    # the kernel caches each name's attributes for a second (fs/kernel_cache.py)
+    os.chmod(c, 0o600)
+    os.utime(b, ns=(TOUCH_NS, TOUCH_NS))
+    assert {(stat.S_IMODE(s.st_mode), s.st_mtime_ns) for s in map(os.stat, (a, b, c))} == {(0o600, TOUCH_NS)}
+
     os.unlink(a)  # one name less; the data stays
     assert not a.exists() and os.stat(b).st_nlink == os.stat(c).st_nlink == 2
     assert b.read_bytes() == c.read_bytes() == b"Jello world!"

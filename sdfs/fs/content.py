@@ -37,7 +37,7 @@ class FileContent:
         self.base_end = size  # bytes of the original content still valid (a truncate lowers it)
         self.local = local  # the original content, when the store does not hold it as chunks
         self.budget = budget
-        self.dirty: OrderedDict[int, bytearray] = OrderedDict()  # changed chunks, least recently written first
+        self.dirty: OrderedDict[int, bytearray | bytes] = OrderedDict()  # changed chunks, least recently written first
         self.uploaded: set[int] = set()  # chunks changed and uploaded as ``version``
         self.changed = False  # holds changes the store has not committed
 
@@ -81,6 +81,10 @@ class FileContent:
             while done < len(data):
                 index, lo = divmod(offset + done, CHUNK)
                 n = min(CHUNK - lo, len(data) - done)
+                if lo == 0 and n == CHUNK and len(data) == CHUNK:  # a whole chunk (what dd bs=1M sends)
+                    self.dirty[index] = bytes(data)  # kept as it came: bytes, copied only if changed in part later
+                    self.dirty.move_to_end(index)
+                    break
                 chunk = self._changing(index, whole=lo == 0 and n == CHUNK)
                 if len(chunk) < lo:
                     chunk.extend(bytes(lo - len(chunk)))
@@ -113,6 +117,8 @@ class FileContent:
         if chunk is None:
             chunk = bytearray() if whole else bytearray(self._chunk_bytes(index, 0, CHUNK))
             self.dirty[index] = chunk
+        elif not isinstance(chunk, bytearray):  # a whole chunk kept as written: now changed in part
+            chunk = self.dirty[index] = bytearray(chunk)
         self.dirty.move_to_end(index)
         return chunk
 

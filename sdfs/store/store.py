@@ -48,6 +48,7 @@ CONTENT_KINDS = (PENDING, VERBATIM, SYMLINK)  # kinds whose bytes live in chunks
 _INODE = struct.Struct("<BIIIIQqqqQQQ")
 _INODE_V1 = struct.Struct("<BIIIIQqqqQQ")  # version-1 stores: no rdev (read as 0)
 INODE_SIZES = (_INODE.size, _INODE_V1.size)
+_INODE_MODE = struct.Struct("<I")  # at offset 1 in both versions
 _DBS = ("meta", "inodes", "dirents", "dirparents", "chunks", "records", "pending", "orphans", "xattrs", "uploads")
 _ADDED_IN_V2 = ("uploads",)
 
@@ -89,8 +90,14 @@ def _pieces(data: bytes) -> Iterator[bytes]:
         yield bytes(data[start : start + CHUNK])
 
 
+_ZEROS = bytes(CHUNK)
+
+
 def _all_zeros(piece) -> bool:
-    return piece.count(0) == len(piece)  # C speed; a piece is at most a chunk
+    """A memcmp with zeros, which stops at the first byte that is not one
+    (bytes.count reads them all: half a millisecond a chunk)."""
+    n = len(piece)
+    return bytes(piece) == (_ZEROS if n == CHUNK else bytes(n))  # bytes(): no copy of a bytes object
 
 
 @dataclass(frozen=True)
@@ -368,15 +375,16 @@ class Store:
         (readdir gives the kernel each entry's inode number and type)."""
         prefix = _key(parent)
         entries = []
+        inodes = self.db["inodes"]
+        mode_of = _INODE_MODE.unpack_from  # the mode alone: a listing of 10,000 files builds no Inode
         with self.reading() as txn:
             cursor = txn.cursor(db=self.db["dirents"])
             if cursor.set_range(prefix):
                 for key, value in cursor:
                     if not key.startswith(prefix):
                         break
-                    ino = int.from_bytes(value, "big")
-                    inode = self._inode(txn, ino)
-                    entries.append((key[8:], ino, inode.mode if inode is not None else 0))
+                    record = txn.get(value, db=inodes)  # the dirent's value is the inode's key
+                    entries.append((key[8:], int.from_bytes(value, "big"), mode_of(record, 1)[0] if record else 0))
         return entries
 
     def parent_of(self, directory: int) -> int:

@@ -416,9 +416,11 @@ def main() -> int:
               "vae": "tiny random-weight VAE (sdfs.codec.random_models.save_random_vae, 'tiny': factor 2); "
                      "mounted with --quality high --fidelity-floor 0:-1 (tests/mounting.py): its speed and "
                      "quality say nothing of a real VAE's",
-              "mount_options": {"sdfs": "foreground, multithreaded, use_ino, hard_remove, attr_timeout=0",
-                                "ceiling": "foreground, multithreaded, use_ino, hard_remove, libfuse's caching "
-                                           "defaults (entry_timeout=1, attr_timeout=1)"}}
+              "mount_options": {"sdfs": "foreground, multithreaded, use_ino, auto_cache, attr_timeout=1, "
+                                        "entry_timeout=1 (what changes without the kernel's knowing is "
+                                        "invalidated: sdfs/fs/kernel_cache.py)",
+                                "ceiling": "foreground, multithreaded, use_ino, hard_remove, kernel_cache, libfuse's "
+                                           "caching defaults (entry_timeout=1, attr_timeout=1)"}}
     work = Path(tempfile.mkdtemp(prefix="sdfs-fsbench-", dir=args.work))
     source = Path(tempfile.mkdtemp(prefix="sdfs-fsbench-", dir="/dev/shm")) / "random.bin"
     try:

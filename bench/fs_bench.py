@@ -37,6 +37,7 @@ import os
 import platform
 import shlex
 import shutil
+import stat
 import statistics
 import subprocess
 import sys
@@ -213,6 +214,50 @@ STEPS = [  # in the order they run: each step's rows
 ROWS = [row for _, rows in STEPS for row in rows]
 
 
+# -- the floor: sdfs's store alone, in this process (no FUSE, no daemon, no
+# handler): each many-files row does this much store work whatever else is
+# made faster, since every completed change is one durable LMDB commit
+
+
+def store_alone(bench: Bench, rep: int) -> dict:
+    from sdfs.ingest import staged_notes
+    from sdfs.store import CHUNK, DIR, ROOT, VERBATIM, Store
+
+    path = Path(tempfile.mkdtemp(prefix=f"store-alone-{rep}-", dir=bench.roots["plain"].parent))
+    store = Store(path, {"name": "fs_bench"})
+    try:
+        folder = store.create(ROOT, b"many", DIR, stat.S_IFDIR | 0o755, 0, 0).ino
+        keys = [name.encode() for name in names(bench)]
+        verdict = {b"sdfs.verdict": b"stored verbatim: bench", b"sdfs.original_bytes": b"1"}
+
+        def create():  # what sdfs commits for open(O_CREAT) + write + close: two transactions
+            for name in keys:
+                ino = store.create(folder, name, VERBATIM, stat.S_IFREG | 0o644, 0, 0, notes=staged_notes(0)).ino
+                store.commit_content(ino, 1, 1, {0: b"x"}, set(), 0, queue=False, notes=verdict)
+
+        def remove():  # unlink, and the file with it: one transaction
+            for name in keys:
+                store.unlink(folder, name, in_use=lambda ino: False)
+
+        def write():  # 1 MiB pieces, uploaded 8 MiB at a time, then the commit, then a sync (conv=fsync)
+            ino = store.create(ROOT, b"big", VERBATIM, stat.S_IFREG | 0o644, 0, 0, notes=staged_notes(0)).ino
+            with open(bench.source, "rb") as source:
+                batch, index = {}, 0
+                while piece := source.read(CHUNK):
+                    batch[index] = piece
+                    index += 1
+                    if len(batch) == 8:
+                        store.upload(ino, 1, batch)
+                        batch = {}
+            store.commit_content(ino, 1, BIG, batch, set(range(index)) - set(batch), 0, queue=False, notes=verdict)
+            store.sync()
+
+        return {"create_s": timed(create), "unlink_s": timed(remove), "write_256_MB_s": BIG / 1e6 / timed(write)}
+    finally:
+        store.close()
+        shutil.rmtree(path, ignore_errors=True)
+
+
 # -- the run
 
 def schedule(repeat: int) -> list[tuple[int, object, list[Row], str]]:
@@ -252,7 +297,12 @@ def measure(bench: Bench, repeat: int) -> dict:
     progress = Progress(steps)
     samples = {row.key: {target: [] for target in TARGETS} for row in ROWS}
     errors = []
+    alone = []
     for index, (rep, step, rows, target) in enumerate(steps):
+        if index == 0 or rep != steps[index - 1][0]:  # once a repetition, before its steps
+            alone.append(store_alone(bench, rep))
+            print(f"rep {rep + 1}/{repeat} store alone: " + ", ".join(f"{k} {v:.4g}" for k, v in alone[-1].items()),
+                  file=sys.stderr, flush=True)
         started = time.monotonic()
         try:
             values = step(bench, target, rep)
@@ -265,7 +315,7 @@ def measure(bench: Bench, repeat: int) -> dict:
         for row, value in zip(rows, values):
             samples[row.key][target].append(value)
         progress.report(index, rep, repeat, target, time.monotonic() - started, shown)
-    return {"samples": samples, "errors": errors}
+    return {"samples": samples, "errors": errors, "store_alone": alone}
 
 
 def describe(error: Exception) -> str:
@@ -445,6 +495,13 @@ def main() -> int:
         report["errors"] = measured["errors"]
         report["machine"]["loadavg_end"] = os.getloadavg()
         report["rows"] = {row.key: summarize(row, measured["samples"][row.key], args.files) for row in ROWS}
+        report["store_alone"] = {
+            "what": "sdfs's store driven in this process, no FUSE or daemon: the LMDB work under the rows "
+                    "create (two commits a file), rm_rf (one) and write_256 (8 MiB uploads, the commit, a sync)",
+            "samples": measured["store_alone"],
+            "median": {key: statistics.median(a[key] for a in measured["store_alone"])
+                       for key in measured["store_alone"][0]},
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(source.parent, ignore_errors=True)
@@ -454,6 +511,9 @@ def main() -> int:
          f"sdfs vs ceiling (in-memory FUSE, same binding) vs plain folder: medians of {args.repeat}, "
          f"{args.files} files, {report['machine']['nproc']} cores, tiny random VAE")
     print(table(report["rows"]))
+    floor = report["store_alone"]["median"]
+    print(f"the store alone (no FUSE): create {floor['create_s']:.3g} s, unlink {floor['unlink_s']:.3g} s "
+          f"({args.files} files), write 256 MiB {floor['write_256_MB_s']:.0f} MB/s")
     if report["errors"]:
         print(f"{len(report['errors'])} steps failed: see errors in {args.out / 'fs_bench.json'}")
     return 0

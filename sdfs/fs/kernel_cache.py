@@ -15,9 +15,10 @@ what it has then. Two kinds of change it cannot see:
 For those, every path of the file that the kernel may still hold attributes
 for is invalidated with libfuse's fuse_invalidate_path (3.2 and later), which
 drops its attributes and its page cache. The kernel keeps attributes at most
-ATTR_TIMEOUT after they were served, so only the paths served in the last
-REMEMBER_S seconds are remembered (a TTLCache, not a table that grows with the
-store). Pages outlive that, but they are checked: libfuse's auto_cache
+ATTR_TIMEOUT after they were served, so only the paths served lately are
+remembered: two generations of REMEMBER_S seconds each (a path lives between
+one and two), so the table holds seconds of lookups, never the store. Pages
+outlive that, but they are checked: libfuse's auto_cache
 compares size and mtime at every open, and the kernel's auto_inval_data at
 every refresh of the attributes, and both change when the bytes do.
 
@@ -37,16 +38,12 @@ import ctypes
 import logging
 import queue
 import threading
-
-from cachetools import TTLCache
+import time
 
 log = logging.getLogger(__name__)
 
 ATTR_TIMEOUT = 1.0  # seconds; also the mount's entry_timeout (libfuse's default)
 REMEMBER_S = 2 * ATTR_TIMEOUT  # a path's attributes, served now, expire in the kernel by then
-# paths served within REMEMBER_S: the daemon answers at most a few ten thousand
-# lookups a second, so this bound is never what makes one go
-REMEMBERED_MAX = 1 << 18
 WAIT_S = 0.2  # the longest a caller waits for its invalidations (see above)
 
 
@@ -55,7 +52,10 @@ class KernelCache:
         self._fuse = None  # libfuse's struct fuse *, once mounted
         self._invalidate_path = None
         self._lock = threading.Lock()
-        self._paths: TTLCache = TTLCache(maxsize=REMEMBERED_MAX, ttl=REMEMBER_S)  # ino -> paths served
+        # ino -> paths served: this generation and the one before (see the module's docstring)
+        self._recent: dict[int, frozenset[str]] = {}
+        self._older: dict[int, frozenset[str]] = {}
+        self._turned = time.monotonic()
         self._requests: queue.SimpleQueue = queue.SimpleQueue()  # (paths, done), None: stop
         self._thread: threading.Thread | None = None
 
@@ -77,7 +77,7 @@ class KernelCache:
         """At unmount (FUSE's destroy()): libfuse's struct fuse goes next."""
         with self._lock:
             self._fuse = None
-            self._paths.clear()
+            self._recent, self._older = {}, {}
         if self._thread is not None:
             self._requests.put(None)
             self._thread.join()
@@ -87,25 +87,32 @@ class KernelCache:
         """The kernel is about to cache ``path``'s attributes (getattr's answer)."""
         if self._fuse is None:
             return
+        now = time.monotonic()
         with self._lock:
-            paths = self._paths.get(ino)
+            if now - self._turned >= REMEMBER_S:  # what the older generation holds has expired in the kernel
+                self._older, self._recent, self._turned = self._recent, {}, now
+            paths = self._recent.get(ino)
             if paths is None or path not in paths:
-                self._paths[ino] = (paths or frozenset()) | {path}
-            else:
-                self._paths[ino] = paths  # served again: remembered for REMEMBER_S more
+                self._recent[ino] = (paths or frozenset()) | {path}
+
+    def _paths(self, ino: int) -> frozenset[str]:
+        """Under self._lock: the paths of ``ino`` the kernel may still hold attributes of."""
+        return self._recent.get(ino, frozenset()) | self._older.get(ino, frozenset())
 
     def moved(self, ino: int, old: str, new: str, directory: bool) -> None:
         """A rename: libfuse's node of ``old`` is now ``new`` (and so are the paths below a folder)."""
         if self._fuse is None:
             return
         with self._lock:
-            entries = list(self._paths.items()) if directory else [(ino, self._paths.get(ino))]
-            for key, paths in entries:
-                if not paths:
-                    continue
-                renamed = frozenset(new + p[len(old):] if p == old or p.startswith(old + "/") else p for p in paths)
-                if renamed != paths:
-                    self._paths[key] = renamed
+            for generation in (self._recent, self._older):
+                entries = list(generation.items()) if directory else [(ino, generation.get(ino))]
+                for key, paths in entries:
+                    if not paths:
+                        continue
+                    renamed = frozenset(new + p[len(old):] if p == old or p.startswith(old + "/") else p
+                                        for p in paths)
+                    if renamed != paths:
+                        generation[key] = renamed
 
     def changed(self, ino: int, via: str | None) -> None:
         """A file changed through ``via`` (which the kernel updates itself):
@@ -114,7 +121,7 @@ class KernelCache:
         if self._fuse is None:
             return
         with self._lock:
-            paths = self._paths.get(ino)
+            paths = self._paths(ino)
         if paths and paths != {via}:
             self._drop(p for p in paths if p != via)
 
@@ -123,7 +130,7 @@ class KernelCache:
         if self._fuse is None:
             return
         with self._lock:
-            paths = self._paths.get(ino)
+            paths = self._paths(ino)
         if paths:
             self._drop(paths)
 

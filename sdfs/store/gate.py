@@ -19,28 +19,41 @@ class ResizeGate:
     that waits for the outer one)."""
 
     def __init__(self):
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # taken directly on the fast path: Condition's own with is slower
+        self._cond = threading.Condition(self._lock)
         self._shared = 0
         self._exclusive = False
         self._resizers_waiting = 0
         self._depth = threading.local()
 
-    @contextmanager
-    def shared(self):
+    def acquire_shared(self) -> int:
+        """Every transaction passes here (a stat, a lookup), so no waiting and
+        no wake-ups unless a resize is pending, which is rare. Returns the
+        depth to give release_shared()."""
         depth = getattr(self._depth, "n", 0)
         if depth == 0:
-            with self._cond:
-                self._cond.wait_for(lambda: not self._exclusive and not self._resizers_waiting)
+            with self._lock:
+                while self._exclusive or self._resizers_waiting:
+                    self._cond.wait()
                 self._shared += 1
         self._depth.n = depth + 1
+        return depth
+
+    def release_shared(self, depth: int) -> None:
+        self._depth.n = depth
+        if depth == 0:
+            with self._lock:
+                self._shared -= 1
+                if self._resizers_waiting and not self._shared:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def shared(self):
+        depth = self.acquire_shared()
         try:
             yield
         finally:
-            self._depth.n = depth
-            if depth == 0:
-                with self._cond:
-                    self._shared -= 1
-                    self._cond.notify_all()
+            self.release_shared(depth)
 
     @contextmanager
     def exclusive(self):

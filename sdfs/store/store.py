@@ -224,6 +224,31 @@ class Store:
         with self._transaction(write=False) as txn:
             yield txn
 
+    def read(self, fn, buffers: bool = False):
+        """``fn(txn)`` in one read transaction: reading() without its layers of
+        context managers, for what runs at every stat and lookup."""
+        gate = self._gate
+        while True:
+            depth = gate.acquire_shared()
+            try:
+                try:
+                    txn = self.env.begin(buffers=buffers)
+                except lmdb.MapResizedError:
+                    txn = None  # another process (the mount) grew the map: adopt its size below
+                if txn is not None:
+                    try:
+                        return fn(txn)
+                    except (lmdb.MapFullError, lmdb.MapResizedError):
+                        raise
+                    except lmdb.Error as error:
+                        raise self._as_os_error(error) from None
+                    finally:
+                        txn.abort()  # a read transaction has nothing to commit
+            finally:
+                gate.release_shared(depth)
+            with gate.exclusive():
+                self.env.set_mapsize(0)
+
     def write(self, fn, buffers: bool = False):
         """Run ``fn(txn)`` in one write transaction, growing the map when full.
         A full disk raises OSError(ENOSPC), other LMDB failures OSError(EIO).
@@ -345,12 +370,10 @@ class Store:
         txn.put(_key(inode.ino), inode.pack(), db=self.db["inodes"])
 
     def inode(self, ino: int) -> Inode | None:
-        with self.reading() as txn:
-            return self._inode(txn, ino)
+        return self.read(lambda txn: self._inode(txn, ino))
 
     def lookup(self, parent: int, name: bytes) -> int | None:
-        with self.reading() as txn:
-            value = txn.get(_key(parent) + name, db=self.db["dirents"])
+        value = self.read(lambda txn: txn.get(_key(parent) + name, db=self.db["dirents"]))
         return int.from_bytes(value, "big") if value else None
 
     def walk(self, start: int, names: list[bytes]) -> tuple[int, int, Inode | None]:
@@ -358,7 +381,8 @@ class Store:
         transaction (a path costs one, not one per component): the inode
         reached, how many names were followed, and that inode when all were."""
         dirents = self.db["dirents"]
-        with self.reading() as txn:
+
+        def op(txn):
             ino = start
             for done, name in enumerate(names):
                 value = txn.get(_key(ino) + name, db=dirents)
@@ -366,6 +390,8 @@ class Store:
                     return ino, done, None
                 ino = int.from_bytes(value, "big")
             return ino, len(names), self._inode(txn, ino)
+
+        return self.read(op)
 
     def listdir(self, parent: int) -> list[tuple[bytes, int]]:
         return [(name, ino) for name, ino, _ in self.listdir_modes(parent)]

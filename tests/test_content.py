@@ -42,6 +42,38 @@ def test_a_big_write_goes_to_the_store_in_uploads_that_nobody_sees_before_commit
         assert txn.get(f.ino.to_bytes(8, "big"), db=store.db["uploads"]) is None
 
 
+def test_uploads_run_beside_the_writer_and_one_that_fails_loses_nothing(store, monkeypatch):
+    """With an uploader thread a batch lands while the next one fills; its
+    chunks read from memory meanwhile. A failed upload (a full disk) gives its
+    chunks back to memory and its error to a later write; then all goes in."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    f = store.create(ROOT, b"big", VERBATIM, 0o100644, 0, 0)
+    inode = store.inode(f.ino)
+    real_upload, calls = store.upload, []
+
+    def upload(ino, version, pieces):
+        calls.append(sorted(pieces))
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_upload(ino, version, pieces)
+
+    monkeypatch.setattr(store, "upload", upload)
+    data = os.urandom(9 * CHUNK)
+    with ThreadPoolExecutor(max_workers=1) as uploader:
+        content = FileContent(store, f.ino, inode.size, inode.generation, budget=2 * CHUNK, uploader=uploader)
+        failed = None
+        for index in range(9):
+            try:
+                content.write(index * CHUNK, data[index * CHUNK : (index + 1) * CHUNK])
+            except OSError as error:
+                failed = failed or error
+            assert content.read(0, 9 * CHUNK) == data[: (index + 1) * CHUNK]  # flying, failed or not
+        assert failed is not None and failed.errno == errno.ENOSPC
+        content.commit(queue=False, mtime_ns=None, notes=None)
+    assert len(calls) >= 3 and store.read_raw(f.ino) == data
+
+
 def test_a_write_in_the_middle_rewrites_only_the_chunks_it_touches(store):
     f = store.create(ROOT, b"big", VERBATIM, 0o100644, 0, 0)
     data = bytearray(os.urandom(4 * CHUNK))

@@ -5,7 +5,11 @@ The file is seen as chunks (store.CHUNK bytes). A chunk being changed is held
 in memory; once more than ``budget`` bytes of them are, all but the one
 touched last are uploaded to the store as the next version of the file,
 which nobody reads until commit() makes it the file's content in one small
-transaction (Store.upload / Store.commit_content). Every other chunk is read
+transaction (Store.upload / Store.commit_content). An upload runs on the
+``uploader`` thread while the writer goes on filling the next batch (LMDB's
+copy and write, and the disk's flush, run without the GIL), with one batch in
+flight at most, so a writer holds at most two budgets; its chunks are read
+from memory until it has landed. Every other chunk is read
 where it is: from the file's committed chunks in the store, or from a local
 copy (``local``) when the store no longer holds them as chunks (a latent
 file's reconstruction, or the original bytes an open file keeps after the
@@ -20,6 +24,7 @@ from __future__ import annotations
 import errno
 import os
 from collections import OrderedDict
+from concurrent.futures import Executor, Future
 
 from ..store import CHUNK, MAX_FILE_SIZE, Store
 from .buffer import WriteBuffer
@@ -29,7 +34,7 @@ UPLOAD_OVER = 8 << 20  # bytes of changed chunks held in memory per file before 
 
 class FileContent:
     def __init__(self, store: Store, ino: int, size: int, generation: int, local: WriteBuffer | None = None,
-                 budget: int = UPLOAD_OVER):
+                 budget: int = UPLOAD_OVER, uploader: Executor | None = None):
         """``size`` and ``generation``: the file as committed (or as ``local`` holds it)."""
         self.store, self.ino = store, ino
         self.size = size
@@ -39,6 +44,9 @@ class FileContent:
         self.budget = budget
         self.dirty: OrderedDict[int, bytearray | bytes] = OrderedDict()  # changed chunks, least recently written first
         self.uploaded: set[int] = set()  # chunks changed and uploaded as ``version``
+        self.uploader = uploader  # None: uploads run in the caller
+        self.flying: dict[int, bytes] = {}  # the chunks of the upload in flight
+        self._landing: Future | None = None
         self.changed = False  # holds changes the store has not committed
 
     # -- reading
@@ -58,6 +66,8 @@ class FileContent:
     def _chunk_bytes(self, index: int, lo: int, hi: int) -> bytes:
         """Bytes ``lo:hi`` of chunk ``index`` as they are now; shorter where the rest is zeros."""
         chunk = self.dirty.get(index)
+        if chunk is None:
+            chunk = self.flying.get(index)
         if chunk is not None:
             return bytes(chunk[lo:hi])
         if index in self.uploaded:
@@ -97,6 +107,7 @@ class FileContent:
     def truncate(self, length: int) -> None:
         if length > MAX_FILE_SIZE:
             raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+        self._land()
         if length < self.size:
             count = -(-length // CHUNK)
             for index in [i for i in self.dirty if i >= count]:
@@ -125,18 +136,47 @@ class FileContent:
     def _upload_over_budget(self) -> None:
         if len(self.dirty) * CHUNK <= self.budget:
             return
+        self._land()  # one batch in flight at most
         last = next(reversed(self.dirty))  # likely to be written again (an append)
         pieces = {i: bytes(c) for i, c in self.dirty.items() if i != last}
-        self.store.upload(self.ino, self.version, pieces)
         for index in pieces:
             del self.dirty[index]
-        self.uploaded.update(pieces)
+        self.flying = pieces
+        if self.uploader is not None:
+            self._landing = self.uploader.submit(self.store.upload, self.ino, self.version, pieces)
+        else:
+            self._landing = Future()
+            try:
+                self._landing.set_result(self.store.upload(self.ino, self.version, pieces))
+            except Exception as error:
+                self._landing.set_exception(error)
+            self._land()
+
+    def _land(self) -> None:
+        """Wait for the upload in flight; its chunks are then read from the
+        store. One that failed (a full disk) puts its chunks back in memory,
+        where a newer write of the same chunk does not already stand, and
+        raises: the next upload or the commit tries again."""
+        landing, self._landing = self._landing, None
+        if landing is None:
+            return
+        flying, self.flying = self.flying, {}
+        try:
+            landing.result()
+        except BaseException:
+            for index, chunk in flying.items():
+                if index not in self.dirty:
+                    self.dirty[index] = chunk
+                    self.dirty.move_to_end(index, last=False)  # least recently written
+            raise
+        self.uploaded.update(flying)
 
     # -- committing
 
     def commit(self, queue: bool, mtime_ns: int | None, notes) -> None:
         """Make this the file's content, durably, in one transaction. On
         failure nothing changes here, so a later commit can try again."""
+        self._land()
         if self.local is not None:  # the store lacks the original bytes as chunks: they must go in too
             keep_below = 0
             for index in range(-(-min(self.base_end, self.size) // CHUNK)):
@@ -151,6 +191,10 @@ class FileContent:
         self.changed = False
 
     def close(self) -> None:
+        try:
+            self._land()  # never leave an upload running behind a file given up
+        except Exception:  # the changes are being dropped (their commit failed): so is this error
+            pass
         if self.local is not None:
             self.local.close()
         self.dirty.clear()

@@ -22,7 +22,7 @@ import re
 import stat
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cachetools import LRUCache
@@ -130,6 +130,8 @@ class Filesystem:
         self.decodes = 0
         self._cache_lock = threading.Lock()
         self._decoding: dict[tuple[int, int], Future] = {}  # decodes in flight, shared by their readers
+        # writers' uploads (fs/content.py), one at a time: LMDB has one writer anyway
+        self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdfs-upload")
         self._handles: dict[int, Handle] = {}
         self._open: dict[int, OpenFile] = {}  # both shrink at release: no entry outlives its last handle
         self._fh = itertools.count(1)
@@ -178,7 +180,7 @@ class Filesystem:
                     if inode is not None and inode.generation == generation:  # else the commit is refused anyway
                         local = self._filled_buffer(inode)
                         if content is None:
-                            file.content = FileContent(self.store, ino, inode.size, inode.generation, local)
+                            file.content = FileContent(self.store, ino, inode.size, inode.generation, local, uploader=self._uploader)
                         else:  # a writer's unchanged chunks are read from the store: they are about to go
                             content.local = local
                 yield
@@ -512,10 +514,11 @@ class Filesystem:
                 raise fail(errno.ENOENT)
             if inode.kind == LATENT and not emptying:
                 local = self._filled_buffer(inode)
-                file.content = FileContent(self.store, file.ino, inode.size, inode.generation, local)
+                file.content = FileContent(self.store, file.ino, inode.size, inode.generation, local,
+                                           uploader=self._uploader)
             else:
                 size = 0 if inode.kind == LATENT else inode.size  # emptying: the record's bytes never matter
-                file.content = FileContent(self.store, file.ino, size, inode.generation)
+                file.content = FileContent(self.store, file.ino, size, inode.generation, uploader=self._uploader)
         return file.content
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:

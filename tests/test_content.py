@@ -74,6 +74,33 @@ def test_uploads_run_beside_the_writer_and_one_that_fails_loses_nothing(store, m
     assert len(calls) >= 3 and store.read_raw(f.ino) == data
 
 
+def test_a_local_copy_goes_in_whole_when_its_last_upload_is_still_in_flight(store, tmp_path, monkeypatch):
+    """A latent file's reconstruction (or the bytes kept across a swap) is a
+    local copy: a commit uploads all of it, and must wait for the last batch."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sdfs.fs.buffer import WriteBuffer
+
+    f = store.create(ROOT, b"latent-like", VERBATIM, 0o100644, 0, 0)
+    data = os.urandom(6 * CHUNK)
+    local = WriteBuffer(tmp_path, 1 << 30)
+    local.write(0, data)
+    real_upload = store.upload
+
+    def slow_upload(*args):
+        time.sleep(0.2)  # the commit gets there first unless it waits
+        return real_upload(*args)
+
+    monkeypatch.setattr(store, "upload", slow_upload)
+    with ThreadPoolExecutor(max_workers=1) as uploader:
+        content = FileContent(store, f.ino, len(data), 0, local, budget=2 * CHUNK, uploader=uploader)
+        content.write(10, b"!")
+        content.commit(queue=False, mtime_ns=None, notes=None)
+        content.close()
+    assert store.read_raw(f.ino) == data[:10] + b"!" + data[11:]
+
+
 def test_a_write_in_the_middle_rewrites_only_the_chunks_it_touches(store):
     f = store.create(ROOT, b"big", VERBATIM, 0o100644, 0, 0)
     data = bytearray(os.urandom(4 * CHUNK))

@@ -96,6 +96,42 @@ def test_close_gives_a_file_that_cannot_be_an_image_its_verdict_in_the_same_comm
     assert fs.store.is_pending(fs.resolve("/a.png"))
 
 
+def test_an_fsync_waiting_for_a_queued_file_returns_when_a_close_settles_it(fs, monkeypatch):
+    """The encoder is busy with another file; a writer's close() makes the
+    queued file a non-image, final at once: an fsync() waiting for it returns
+    then, not when the encoder is done with the other one."""
+    import time
+
+    png = CANDIDATES["rgb.png"]()
+    busy, encode_many = threading.Event(), fs.codec.encode_many
+
+    def held(datas):
+        busy.wait(30)
+        return encode_many(datas)
+
+    monkeypatch.setattr(fs.codec, "encode_many", held)
+    fs.release("/other.png", _write(fs, "/other.png", png))
+    deadline = time.monotonic() + 30
+    while "batch_seconds" not in fs.encoder.state():  # the encoder is in its batch now
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    fs.release("/f", _write(fs, "/f", png))  # queued behind it
+    reader = fs.open("/f", os.O_RDONLY)
+    waiter = threading.Thread(target=fs.fsync, args=("/f", False, reader), daemon=True)
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive()
+    writer = fs.open("/f", os.O_WRONLY)
+    fs.write("/f", b"plain text now", 0, writer)
+    fs.flush("/f", writer)  # close(): no image any more, so verbatim in this commit
+    fs.release("/f", writer)
+    waiter.join(10)
+    busy.set()
+    assert not waiter.is_alive(), "fsync still waiting after the file was settled"
+    fs.release("/f", reader)
+    assert fs.getxattr("/f", "user.sdfs.kind") == b"verbatim"
+
+
 def test_unlink_of_a_closed_file_deletes_it_in_the_same_transaction(fs):
     fs.release("/gone.txt", _write(fs, "/gone.txt", b"data"))
     ino = fs.resolve("/gone.txt")

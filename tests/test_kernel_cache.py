@@ -1,8 +1,7 @@
-"""fs/kernel_cache.py driven without a mount: which paths an invalidation reaches."""
+"""fs/kernel_cache.py driven without a mount: which open paths an invalidation reaches."""
 
 import types
 
-from sdfs.fs import kernel_cache
 from sdfs.fs.kernel_cache import KernelCache
 
 
@@ -19,6 +18,9 @@ class FakeLibfuse:
             return 0
 
         self.fuse_invalidate_path = _Callable(invalidate)
+        self.fd = 5  # the session's /dev/fuse descriptor; fuse_unmount makes it -1
+        self.fuse_get_session = _Callable(lambda fuse: 2)
+        self.fuse_session_fd = _Callable(lambda session: self.fd)
 
 
 class _Callable:  # attach() sets argtypes and restype on it, as on a ctypes function
@@ -36,17 +38,17 @@ def attached():
     return cache, libfuse
 
 
-def test_other_names_are_invalidated_never_the_one_the_change_came_through():
+def test_other_open_names_are_invalidated_never_the_one_the_change_came_through():
     cache, libfuse = attached()
     try:
         for path in ("/a", "/dir/b", "/dir/c"):
-            cache.served(7, path)
-        cache.served(8, "/single")
-        cache.changed(8, "/single")  # one name: nothing to tell the kernel
+            cache.opened(7, path)
+        cache.opened(8, "/single")
+        cache.changed(8, "/single")  # open by one name: nothing to tell the kernel
         cache.changed(7, "/dir/b")
         assert sorted(libfuse.invalidated) == ["/a", "/dir/c"]
         libfuse.invalidated.clear()
-        cache.invalidate(7)  # the encoder's swap: every name
+        cache.invalidate(7)  # the last reader across a swap closes: every name
         assert sorted(libfuse.invalidated) == ["/a", "/dir/b", "/dir/c"]
     finally:
         cache.detach()
@@ -55,10 +57,10 @@ def test_other_names_are_invalidated_never_the_one_the_change_came_through():
 def test_a_rename_moves_the_remembered_paths_below_a_folder_too():
     cache, libfuse = attached()
     try:
-        cache.served(7, "/dir/b")
-        cache.served(7, "/a")
-        cache.served(9, "/dir/sub/x")
-        cache.served(9, "/dirx/y")  # shares a prefix, not the folder
+        cache.opened(7, "/dir/b")
+        cache.opened(7, "/a")
+        cache.opened(9, "/dir/sub/x")
+        cache.opened(9, "/dirx/y")  # shares a prefix, not the folder
         cache.moved(3, "/dir", "/new", directory=True)
         cache.moved(7, "/a", "/a2", directory=False)
         cache.invalidate(7)
@@ -68,27 +70,34 @@ def test_a_rename_moves_the_remembered_paths_below_a_folder_too():
         cache.detach()
 
 
-def test_paths_are_forgotten_once_the_kernel_can_hold_nothing_of_them(monkeypatch):
-    now = [1000.0]
-    monkeypatch.setattr(kernel_cache.time, "monotonic", lambda: now[0])
+def test_a_closed_file_is_forgotten():
     cache, libfuse = attached()
     try:
-        cache.served(7, "/a")
-        now[0] += kernel_cache.REMEMBER_S  # one turn: still remembered (served at most REMEMBER_S ago)
-        cache.served(8, "/other")
+        cache.opened(7, "/a")
+        cache.opened(7, "/b")
+        cache.closed(7)  # its next open checks size and mtime: nothing to drop now
+        cache.changed(7, "/a")
         cache.invalidate(7)
-        assert libfuse.invalidated == ["/a"]
-        now[0] += kernel_cache.REMEMBER_S  # two turns: its attributes expired in the kernel long ago
-        cache.served(8, "/other")
-        libfuse.invalidated.clear()
-        cache.invalidate(7)
-        assert libfuse.invalidated == [] and 7 not in cache._recent and 7 not in cache._older
+        assert libfuse.invalidated == [] and cache._open == {}
     finally:
         cache.detach()
 
 
 def test_unattached_it_remembers_nothing():
     cache = KernelCache()  # no mount (backend tests, sdfs tools)
-    cache.served(7, "/a")
+    cache.opened(7, "/a")
     cache.invalidate(7)
-    assert cache._recent == {}
+    assert cache._open == {}
+
+
+def test_nothing_is_looked_up_once_libfuse_has_unmounted():
+    """libfuse frees its table of paths after unmounting and before destroy():
+    an invalidation from then on (the encoder finishing a swap) must not touch it."""
+    cache, libfuse = attached()
+    try:
+        cache.opened(7, "/a")
+        libfuse.fd = -1
+        cache.invalidate(7)
+        assert libfuse.invalidated == []
+    finally:
+        cache.detach()

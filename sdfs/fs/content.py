@@ -173,7 +173,7 @@ class FileContent:
 
     # -- committing
 
-    def commit(self, queue: bool, mtime_ns: int | None, notes) -> None:
+    def commit(self, queue: bool, mtime_ns: int | None, notes, ctime_ns: int | None = None) -> None:
         """Make this the file's content, durably, in one transaction. On
         failure nothing changes here, so a later commit can try again."""
         self._land()
@@ -183,11 +183,12 @@ class FileContent:
                 if index not in self.dirty and index not in self.uploaded:
                     self._changing(index, whole=False)
                     self._upload_over_budget()
+            self._land()  # its chunks must count as uploaded below
         else:
             keep_below = -(-self.base_end // CHUNK)
         pieces = {i: bytes(c) for i, c in self.dirty.items()}
         self.store.commit_content(self.ino, self.version, self.size, pieces, self.uploaded, keep_below,
-                                  queue=queue, mtime_ns=mtime_ns, notes=notes)
+                                  queue=queue, mtime_ns=mtime_ns, notes=notes, ctime_ns=ctime_ns)
         self.changed = False
 
     def close(self) -> None:

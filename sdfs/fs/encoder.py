@@ -118,7 +118,9 @@ class Encoder:
         """Log and count a verdict stored without the queue (see screen())."""
         log.log(outcome.log_level, "%s: %s", path or self._name(ino), outcome.verdict)
         self._names.pop(ino, None)
-        self.finished[outcome.verdict.split(":", 1)[0]] += 1
+        with self._changed:  # called from the encoder and from FUSE threads
+            self.finished[outcome.verdict.split(":", 1)[0]] += 1
+            self._changed.notify_all()  # an fsync() waiting for this file returns now
 
     # -- the thread
 
@@ -154,9 +156,10 @@ class Encoder:
         with self._changed:
             urgent = list(self._urgent)
         for ino in urgent:
-            if not self.store.is_pending(ino):
+            if not self.store.is_pending(ino):  # settled meanwhile (a close, a truncate to 0)
                 with self._changed:
                     self._urgent.pop(ino, None)
+                    self._changed.notify_all()
             elif ino not in held and len(batch) < self.batch_size:
                 batch.append(ino)
         if len(batch) < self.batch_size:

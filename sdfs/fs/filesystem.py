@@ -152,6 +152,10 @@ class Filesystem:
         if encoder is not None:
             encoder.attach(swap_guard=self._swapping, busy=self._dirty_files)
 
+    def close(self) -> None:
+        """At unmount, once every file is released: no upload may outlive the store."""
+        self._uploader.shutdown(wait=True)
+
     @contextlib.contextmanager
     def _swapping(self, ino: int, generation: int):
         """Held while the encoder replaces a file's stored bytes. Handles open
@@ -165,8 +169,7 @@ class Filesystem:
                 file.refs += 1  # keeps it registered: handles opened meanwhile join it, and wait for its lock
         if file is None:
             try:
-                yield
-                self.kernel.invalidate(ino)  # before an open() can cache the new size or bytes
+                yield  # nobody has it open, so no page of it is in use: the next open checks size and mtime
             finally:
                 with self._lock:
                     self._swaps.discard(ino)
@@ -253,8 +256,6 @@ class Filesystem:
         # libfuse takes one off the link count of a file it hid (it expects the hidden name to
         # be a link); that name is not one here (see _hide), so fstat() shows the true count
         nlink = inode.nlink + self._is_hidden(path)
-        if path:
-            self.kernel.served(ino, path)
         return {
             "st_ino": ino,
             "st_mode": inode.mode,
@@ -275,13 +276,11 @@ class Filesystem:
         ino = self.resolve(path)
         inode = self.store.inode(ino)
         self.store.setattr(ino, mode=(inode.mode & ~0o7777) | (mode & 0o7777))
-        self.kernel.changed(ino, path)
 
     def chown(self, path: str, uid: int, gid: int) -> None:
         ino = self.resolve(path)
         inode = self.store.inode(ino)
         self.store.setattr(ino, uid=inode.uid if uid == -1 else uid, gid=inode.gid if gid == -1 else gid)
-        self.kernel.changed(ino, path)
 
     def utimens(self, path: str, times_ns: tuple[int, int] | None = None) -> None:
         """utimensat(2): ``None`` sets both times to now; either time may be
@@ -299,7 +298,6 @@ class Filesystem:
                 file = self._open.get(ino)
                 if file is not None:
                     file.mtime_ns = changes["mtime_ns"]
-        self.kernel.changed(ino, path)
 
     # -- directories and names
 
@@ -339,9 +337,6 @@ class Filesystem:
         parent, name = self._parent(path)
         with store_errors(path):
             self.store.link(ino, parent, name)
-        # the link count of all its names: the kernel updates none of them here (in
-        # libfuse's high-level API the new name is another kernel inode, not this one)
-        self.kernel.invalidate(ino)
 
     def mkdir(self, path: str, mode: int, uid: int = 0, gid: int = 0) -> None:
         self._create(path, DIR, stat.S_IFDIR | (mode & 0o7777), uid, gid)
@@ -364,8 +359,6 @@ class Filesystem:
         if inode.nlink == 0:
             self._purge_if_unused(inode.ino)  # opened while it went, and closed again since
             self._forget(inode.ino)
-        else:
-            self.kernel.changed(inode.ino, path)  # its other names' link count
 
     def _in_use(self, ino: int) -> bool:
         """Held open now? Asked inside a store transaction, so without self._lock
@@ -402,12 +395,10 @@ class Filesystem:
         inode = self.store.inode(moved) if moved is not None else None
         if inode is not None:
             self.kernel.moved(moved, old, new, directory=inode.is_dir)
-            self.kernel.changed(moved, new)  # the ctime of its other names
             if self.encoder is not None:
                 self.encoder.renamed(moved, old, new, directory=inode.is_dir)
         if replaced is not None and replaced != moved:
             self._purge_if_unused(replaced)
-            self.kernel.changed(replaced, new)  # the replaced file's other names: one link less
 
     def _hide(self, path: str, parent: int, name: bytes, hidden: bytes) -> None:
         """libfuse's answer to the unlink of an open file (or a rename over
@@ -424,7 +415,8 @@ class Filesystem:
         with self._lock:
             self._hidden[(parent, hidden)] = inode.ino
         self._purge_if_unused(inode.ino)
-        self.kernel.changed(inode.ino, path)
+        hidden_path = path.rpartition("/")[0] + "/" + hidden.decode("utf-8", "surrogateescape")
+        self.kernel.moved(inode.ino, path, hidden_path, directory=False)
 
     def _is_hidden(self, path: str | None) -> bool:
         """Is ``path`` a name _hide() keeps (and no real entry)?"""
@@ -453,7 +445,9 @@ class Filesystem:
 
     def create(self, path: str, mode: int, uid: int = 0, gid: int = 0) -> int:
         ino = self._create(path, VERBATIM, stat.S_IFREG | (mode & 0o7777), uid, gid, notes=staged_notes(0))
-        return self._new_handle(ino, writable=True)
+        fh = self._new_handle(ino, writable=True)
+        self.kernel.opened(ino, path)
+        return fh
 
     def open(self, path: str, flags: int) -> int:
         ino = self.resolve(path)
@@ -462,6 +456,7 @@ class Filesystem:
             raise fail(errno.EISDIR, path)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         fh = self._new_handle(ino, writable)
+        self.kernel.opened(ino, path)
         if flags & os.O_TRUNC and writable:  # the kernel sends it as a truncate unless atomic_o_trunc
             try:
                 self.truncate(path, 0, fh)
@@ -550,7 +545,7 @@ class Filesystem:
         with file.lock, store_errors(path):  # an upload past the memory budget can meet a full disk
             self._changing(file).write(offset, data)
             file.mtime_ns = file.changed_ns = now_ns()
-        self.kernel.changed(file.ino, path)  # other names of it see the new size and bytes at once
+        self.kernel.changed(file.ino, path)  # its other open names drop their pages
         return len(data)
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
@@ -594,7 +589,7 @@ class Filesystem:
         if verdict is not None:  # no image: final now, as the encoder would have made it
             queue, notes = False, verdict.notes(content.size)
         with store_errors(path or ""):
-            content.commit(queue=queue, mtime_ns=file.mtime_ns, notes=notes)
+            content.commit(queue=queue, mtime_ns=file.mtime_ns, notes=notes, ctime_ns=file.changed_ns or None)
         file.content = None
         content.close()
         if content.size >= RELEASE_AFTER:
@@ -629,11 +624,19 @@ class Filesystem:
                 closing = file.refs == 0 and self._open.get(file.ino) is file
                 if closing:
                     del self._open[file.ino]
+            kept_across_swap = False
             if closing:
                 with file.lock:
                     if file.content is not None:
+                        # readers kept the bytes they opened across a swap, and refilled
+                        # the page cache with them: they must not outlive this last close
+                        kept_across_swap = file.content.local is not None
                         file.content.close()
                         file.content = None
+            if kept_across_swap:
+                self.kernel.invalidate(file.ino)
+            if closing:
+                self.kernel.closed(file.ino)
             self._purge_if_unused(file.ino)
             if self.encoder is not None:
                 self.encoder.notify()
@@ -775,7 +778,6 @@ class Filesystem:
         if not name.startswith("user."):
             raise fail(errno.ENOTSUP, name)
         self.store.set_xattr(ino, name.encode(), value)
-        self.kernel.changed(ino, path)  # ctime
 
     def removexattr(self, path: str, name: str) -> None:
         ino = self.resolve(path)
@@ -783,7 +785,6 @@ class Filesystem:
             raise fail(errno.EPERM, name)
         if not name.startswith("user.") or not self.store.remove_xattr(ino, name.encode()):
             raise fail(errno.ENODATA, name)
-        self.kernel.changed(ino, path)  # ctime
 
     def statfs(self) -> dict:
         disk = os.statvfs(self.store.path)

@@ -1,35 +1,38 @@
-"""The kernel's caches of a file's attributes and pages, and what drops them.
+"""The kernel's page cache of open files, and what drops it.
 
-The mount lets the kernel keep attributes for ATTR_TIMEOUT seconds (libfuse
-3's attr_timeout; names for as long, entry_timeout), so a stat, a lookup or a
-re-read of an unchanged file never reaches the daemon within that time:
-that is most of the speed of listing, searching and re-reading (issue 9).
-The kernel knows of every change made through the name it cached, and drops
-what it has then. Two kinds of change it cannot see:
+The mount keeps the kernel's page cache of a file across opens (libfuse's
+auto_cache: at each open libfuse asks getattr, and keeps the pages unless the
+size or mtime changed) and does not check attributes at every read
+(no_auto_inval_data), so a re-read of an unchanged file never reaches the
+daemon. Attributes are not cached at all (attr_timeout=0: see mount.py for
+the measurement that decided it), so stat always tells the truth; pages are
+what can go stale, and only while a file is open, since every open checks.
+Two changes reach an open file's pages without the kernel's knowing:
 
-- the encoder replacing a file's stored bytes: its size, mtime, st_blocks and
-  the bytes a read returns all change, with no call from the kernel;
-- a change made through one name of a hard-linked file, seen through another
-  name: libfuse's high-level API gives each path a kernel inode of its own.
+- the encoder replacing a file's stored bytes: readers open at that moment
+  keep reading what they opened (Filesystem._swapping keeps a copy of it), and
+  their pages refill with those bytes, which must go when the last of them
+  closes;
+- a write through one name of a hard-linked file, read through another name
+  that is open: libfuse's high-level API gives every path a kernel inode, and
+  a page cache, of its own.
 
-For those, every path of the file that the kernel may still hold attributes
-for is invalidated with libfuse's fuse_invalidate_path (3.2 and later), which
-drops its attributes and its page cache. The kernel keeps attributes at most
-ATTR_TIMEOUT after they were served, so only the paths served lately are
-remembered: two generations of REMEMBER_S seconds each (a path lives between
-one and two), so the table holds seconds of lookups, never the store. Pages
-outlive that, but they are checked: libfuse's auto_cache
-compares size and mtime at every open, and the kernel's auto_inval_data at
-every refresh of the attributes, and both change when the bytes do.
+For those, the paths by which a file is open are invalidated with libfuse's
+fuse_invalidate_path (3.2 and later), which drops their attributes and pages.
+Only open files are remembered, so the table never outgrows the open files.
 
 The kernel drops a page only once the request reading or writing it is
 answered, so an invalidation can wait for requests in flight. Hence: never
 call invalidate() or changed() holding a lock such a request may wait for; a
 request never invalidates its own path (changed() leaves it out); and the
-calls themselves run on a thread of their own, which the caller waits for
-only WAIT_S: two writes through two names of one file, each invalidating the
-other's pages, would otherwise wait for each other forever. Past WAIT_S the
-caller answers, its pages unlock, and the other invalidation completes.
+calls run on a thread of their own, which the caller waits for only WAIT_S:
+two writes through two names of one file, each invalidating the other's
+pages, would otherwise wait for each other forever. Past WAIT_S the caller
+answers, its pages unlock, and the other invalidation completes.
+
+At the end libfuse unmounts, then frees its table of paths, and only then
+calls destroy() (which detaches this): so no path is looked up once the
+session's /dev/fuse descriptor is closed, which fuse_unmount does first.
 """
 
 from __future__ import annotations
@@ -38,12 +41,10 @@ import ctypes
 import logging
 import queue
 import threading
-import time
 
 log = logging.getLogger(__name__)
 
-ATTR_TIMEOUT = 1.0  # seconds; also the mount's entry_timeout (libfuse's default)
-REMEMBER_S = 2 * ATTR_TIMEOUT  # a path's attributes, served now, expire in the kernel by then
+ENTRY_TIMEOUT = 1.0  # seconds the kernel keeps a name (libfuse's default)
 WAIT_S = 0.2  # the longest a caller waits for its invalidations (see above)
 
 
@@ -51,11 +52,9 @@ class KernelCache:
     def __init__(self):
         self._fuse = None  # libfuse's struct fuse *, once mounted
         self._invalidate_path = None
+        self._mounted = lambda: False
         self._lock = threading.Lock()
-        # ino -> paths served: this generation and the one before (see the module's docstring)
-        self._recent: dict[int, frozenset[str]] = {}
-        self._older: dict[int, frozenset[str]] = {}
-        self._turned = time.monotonic()
+        self._open: dict[int, frozenset[str]] = {}  # ino -> the paths it is open by
         self._requests: queue.SimpleQueue = queue.SimpleQueue()  # (paths, done), None: stop
         self._thread: threading.Thread | None = None
 
@@ -70,73 +69,75 @@ class KernelCache:
         invalidate.restype = ctypes.c_int
         self._fuse = ctypes.c_void_p(libfuse.fuse_get_context().contents.fuse)
         self._invalidate_path = invalidate
+        session = libfuse.fuse_get_session
+        session.argtypes, session.restype = (ctypes.c_void_p,), ctypes.c_void_p
+        session_fd = libfuse.fuse_session_fd
+        session_fd.argtypes, session_fd.restype = (ctypes.c_void_p,), ctypes.c_int
+        se = ctypes.c_void_p(session(self._fuse))
+        self._mounted = lambda: session_fd(se) >= 0  # -1 once fuse_unmount has run
         self._thread = threading.Thread(target=self._run, name="sdfs-invalidate", daemon=True)
         self._thread.start()
 
     def detach(self) -> None:
-        """At unmount (FUSE's destroy()): libfuse's struct fuse goes next."""
+        """At unmount (FUSE's destroy())."""
         with self._lock:
             self._fuse = None
-            self._recent, self._older = {}, {}
+            self._open = {}
         if self._thread is not None:
             self._requests.put(None)
             self._thread.join()
             self._thread = None
 
-    def served(self, ino: int, path: str) -> None:
-        """The kernel is about to cache ``path``'s attributes (getattr's answer)."""
+    def opened(self, ino: int, path: str) -> None:
         if self._fuse is None:
             return
-        now = time.monotonic()
         with self._lock:
-            if now - self._turned >= REMEMBER_S:  # what the older generation holds has expired in the kernel
-                self._older, self._recent, self._turned = self._recent, {}, now
-            paths = self._recent.get(ino)
-            if paths is None or path not in paths:
-                self._recent[ino] = (paths or frozenset()) | {path}
+            paths = self._open.get(ino, frozenset())
+            if path not in paths:
+                self._open[ino] = paths | {path}
 
-    def _paths(self, ino: int) -> frozenset[str]:
-        """Under self._lock: the paths of ``ino`` the kernel may still hold attributes of."""
-        return self._recent.get(ino, frozenset()) | self._older.get(ino, frozenset())
+    def closed(self, ino: int) -> None:
+        """The last handle of ``ino`` is gone (after any invalidation its close needs)."""
+        with self._lock:
+            self._open.pop(ino, None)
 
     def moved(self, ino: int, old: str, new: str, directory: bool) -> None:
         """A rename: libfuse's node of ``old`` is now ``new`` (and so are the paths below a folder)."""
         if self._fuse is None:
             return
         with self._lock:
-            for generation in (self._recent, self._older):
-                entries = list(generation.items()) if directory else [(ino, generation.get(ino))]
-                for key, paths in entries:
-                    if not paths:
-                        continue
-                    renamed = frozenset(new + p[len(old):] if p == old or p.startswith(old + "/") else p
-                                        for p in paths)
-                    if renamed != paths:
-                        generation[key] = renamed
+            entries = list(self._open.items()) if directory else [(ino, self._open.get(ino))]
+            for key, paths in entries:
+                if not paths:
+                    continue
+                renamed = frozenset(new + p[len(old):] if p == old or p.startswith(old + "/") else p for p in paths)
+                if renamed != paths:
+                    self._open[key] = renamed
 
     def changed(self, ino: int, via: str | None) -> None:
         """A file changed through ``via`` (which the kernel updates itself):
-        its other names drop what they cached. For a file with one name,
+        its other open names drop their pages. For a file open by one name,
         a dictionary lookup."""
         if self._fuse is None:
             return
         with self._lock:
-            paths = self._paths(ino)
+            paths = self._open.get(ino)
         if paths and paths != {via}:
             self._drop(p for p in paths if p != via)
 
     def invalidate(self, ino: int) -> None:
-        """The file changed with no call from the kernel: every name drops what it cached."""
+        """The file changed with no call from the kernel: every open name drops its pages."""
         if self._fuse is None:
             return
         with self._lock:
-            paths = self._paths(ino)
+            paths = self._open.get(ino)
         if paths:
             self._drop(paths)
 
     def _drop(self, paths) -> None:
         done = threading.Event()
-        self._requests.put((tuple(paths), done))
+        paths = tuple(paths)
+        self._requests.put((paths, done))
         if not done.wait(WAIT_S):
             log.debug("invalidating %d path(s) waits for requests in flight; answering first", len(paths))
 
@@ -148,7 +149,7 @@ class KernelCache:
             paths, done = request
             for path in paths:
                 fuse = self._fuse
-                if fuse is None:  # unmounted meanwhile: the kernel has let go of everything
+                if fuse is None or not self._mounted():  # unmounting: the kernel lets go of everything
                     break
                 # -ENOENT: libfuse has forgotten the path, so the kernel holds nothing of it
                 result = self._invalidate_path(fuse, path.encode("utf-8", "surrogateescape"))

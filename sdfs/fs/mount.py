@@ -25,7 +25,6 @@ from ..errors import SdfsError
 from ..service import notify
 from ..store.lock import StoreLock
 from .binding import require_libfuse
-from .kernel_cache import KernelCache
 
 log = logging.getLogger(__name__)
 
@@ -317,19 +316,24 @@ def mount(args) -> int:
         log.info("unmounted %s; finishing the encode batch in hand", mountpoint)
         readiness.stop()
         encoder.stop(timeout=600)  # finish the batch in hand; the rest stays queued, durably
+        fs.close()
         queued = fs.store.pending_count()
         fs.store.close()
         lock.release()
         log.info("stopped; %s", f"{queued} files stay queued for the next mount" if queued else "nothing left to encode")
 
-    # attr_timeout, entry_timeout: the kernel answers stat, lookups and re-reads
-    # of unchanged files itself for that long; what changes without its knowing
-    # (the encoder's swap, another name of a hard-linked file) is invalidated
-    # (fs/kernel_cache.py). A libfuse without fuse_invalidate_path (before 3.2)
-    # gets attr_timeout=0: every stat asks the daemon.
-    # auto_cache: an open keeps the kernel's page cache of the file unless its
-    # size or mtime changed since it was cached (the swap changes one of them,
-    # see Store.finish_encode), so unchanged files are re-read from memory
+    # attr_timeout=0: attributes always come from here, so st_size always equals
+    # what a read returns. (Cached for a second, with the encoder's swaps and
+    # writes through other names invalidated, stat ran 1.4x faster, but a file
+    # rewritten at once (open O_TRUNC, write, close) while other threads opened
+    # it showed st_size 0 now and then, for up to the timeout: 5 to 15 rewrites
+    # in 2,000 in bench-like runs, never with attr_timeout=0.)
+    # auto_cache + no_auto_inval_data: an open keeps the kernel's page cache of
+    # the file unless its size or mtime changed (libfuse asks at each open; the
+    # swap changes one of them, see Store.finish_encode), and reads of an open
+    # file use those pages without asking: unchanged files are re-read from
+    # memory. What reaches an open file's pages without the kernel's knowing is
+    # invalidated (fs/kernel_cache.py). entry_timeout: names, for a second.
     # use_ino: st_ino is the store's inode number, so hard links show as one
     # file (cp -a, rsync -H, find -samefile, du count it once); no hard_remove:
     # libfuse then keeps a path for an unlinked open file (fstat(), fchmod()…
@@ -337,14 +341,12 @@ def mount(args) -> int:
     # Filesystem.rename removes the name for real and only remembers that
     # path, so no .fuse_hidden* file is ever listed or kept
     # libfuse 3 reads and writes up to 1 MiB a request by itself (max_write is no option there)
-    from .binding import fuse_class, load
-    from .kernel_cache import ATTR_TIMEOUT
+    from .binding import fuse_class
+    from .kernel_cache import ENTRY_TIMEOUT
     from .operations import SdfsOperations
 
-    cached = KernelCache.supported(load()._libfuse)
     options = dict(foreground=True, nothreads=False, use_ino=True, auto_cache=True,
-                   attr_timeout=ATTR_TIMEOUT if cached else 0, entry_timeout=ATTR_TIMEOUT,
-                   fsname=f"sdfs:{store.resolve()}", subtype="sdfs")
+                   attr_timeout=0, entry_timeout=ENTRY_TIMEOUT, fsname=f"sdfs:{store.resolve()}", subtype="sdfs")
     if args.allow_other:
         options.update(allow_other=True, default_permissions=True)
     notify(f"STATUS=mounting {args.store} at {mountpoint}")

@@ -12,6 +12,7 @@ from .kernel_cache import KernelCache
 _mfusepy = load()
 FuseOSError, Operations, fuse_get_context = _mfusepy.FuseOSError, _mfusepy.Operations, _mfusepy.fuse_get_context
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2  # renameat2(2) flags
+FUSE_CAP_AUTO_INVAL_DATA = 1 << 12  # libfuse 3's fuse_common.h
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,11 @@ class SdfsOperations(Operations):
         self._on_ready = on_ready
         self._on_destroy = on_destroy
 
-    def init(self, path):
+    def init_with_config(self, conn, config):
+        if conn is not None:
+            # reads of an open file use its cached pages without asking for its
+            # attributes first (each open checks them: auto_cache); see mount.py
+            conn.want &= ~FUSE_CAP_AUTO_INVAL_DATA
         if KernelCache.supported(_mfusepy._libfuse):
             self.fs.kernel.attach(_mfusepy._libfuse)
         if self._on_ready:

@@ -679,11 +679,13 @@ class Store:
                 txn.put(_key(ino) + name, value, db=self.db["xattrs"])
 
     def _content_changed(self, txn, inode: Inode, size: int, stored: int, generation: int, queue: bool,
-                         mtime_ns: int | None, notes) -> Inode:
+                         mtime_ns: int | None, notes, ctime_ns: int | None = None) -> Inode:
+        """``ctime_ns``: when the content last changed (a writer's last write,
+        which getattr showed while it was unsaved), else now."""
         t = now_ns()
         kind = PENDING if queue and size else VERBATIM
-        inode = replace(inode, kind=kind, size=size, stored=stored, mtime_ns=mtime_ns or t, ctime_ns=t,
-                        generation=generation)
+        inode = replace(inode, kind=kind, size=size, stored=stored, mtime_ns=mtime_ns or t,
+                        ctime_ns=max(ctime_ns or t, inode.ctime_ns), generation=generation)
         self._put(txn, inode)
         self._put_notes(txn, inode.ino, notes)
         if kind == PENDING:
@@ -740,7 +742,7 @@ class Store:
 
     def commit_content(self, ino: int, version: int, size: int, pieces: dict[int, bytes], uploaded: set[int],
                        keep_below: int, queue: bool = True, mtime_ns: int | None = None,
-                       notes: dict[bytes, bytes | None] | None = None) -> Inode:
+                       notes: dict[bytes, bytes | None] | None = None, ctime_ns: int | None = None) -> Inode:
         """Make a writer's content the file's, in one transaction. For each
         chunk index below ``size``: ``pieces[index]`` if given (all zeros or
         empty: a hole), else its upload of ``version`` if the index is in
@@ -773,7 +775,7 @@ class Store:
                     stored += len(piece)
             txn.delete(_key(ino), db=self.db["uploads"])
             txn.delete(_key(ino), db=self.db["records"])
-            return self._content_changed(txn, inode, size, stored, version, queue, mtime_ns, notes)
+            return self._content_changed(txn, inode, size, stored, version, queue, mtime_ns, notes, ctime_ns)
 
         return self.write(op, buffers=True)
 

@@ -398,6 +398,49 @@ def test_hard_links_share_one_inode(fs, here):
     fs.remember(here)
 
 
+def test_a_file_rewritten_at_once_reads_back_whole_while_others_open_it(fs, here):
+    """open(O_TRUNC), write, close, then stat and read it back, again and again,
+    while other threads open and read the same files: st_size and the bytes
+    are always the last ones written. (With attributes cached for a second,
+    an st_size of 0 from between the truncate and the write showed now and
+    then; see mount.py.)"""
+    import random
+
+    paths = [here / f"r{i}" for i in range(3)]
+    for path in paths:
+        path.write_bytes(b"x")
+    stop, seen = threading.Event(), []
+
+    def reader():
+        while not stop.is_set():
+            try:
+                with open(random.choice(paths), "rb") as f:
+                    os.fstat(f.fileno())
+                    f.read(16)
+            except OSError:
+                pass
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    for thread in readers:
+        thread.start()
+    try:
+        rng = random.Random(5)
+        for _ in range(600):
+            path, data = rng.choice(paths), rng.randbytes(rng.randrange(1, 4096))
+            with open(path, "wb") as f:
+                f.write(data)
+            with open(path, "rb") as f:
+                size, back = os.fstat(f.fileno()).st_size, f.read()
+            if (size, back) != (len(data), data):
+                seen.append((path.name, size, len(back), len(data)))
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join()
+    assert seen == []
+    fs.remember(here)
+
+
 def test_open_file_outlives_its_last_name(fs, here):
     path = here / "f"
     path.write_bytes(b"data")

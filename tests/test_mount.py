@@ -253,8 +253,9 @@ def test_the_page_cache_never_serves_bytes_the_encoder_replaced(tmp_path, tiny_v
         # what the kernel cached before the swap would still be served, unless dropped
         deadline = time.monotonic() + 120
         while os.getxattr(mnt / "a.png", "user.sdfs.kind") != b"latent":
-            for name in ("a.png", "b.png"):
-                assert os.stat(mnt / name).st_size == len(original) and (mnt / name).read_bytes() == original
+            for name in ("a.png", "b.png"):  # the swap may come between any two of these: nothing to assert yet
+                os.stat(mnt / name)
+                (mnt / name).read_bytes()
             assert time.monotonic() < deadline, "not encoded in 120 s"
             time.sleep(0.05)
         assert {os.stat(mnt / name).st_size for name in ("a.png", "b.png")} != {len(original)}

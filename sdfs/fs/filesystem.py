@@ -188,8 +188,7 @@ class Filesystem:
                             content.local = local
                 yield
         finally:
-            self._unref(file, None)
-        self.kernel.invalidate(ino)  # not under the file's lock: a read request waiting for it holds pages
+            self._unref(file, None)  # the last close drops the pages its readers refill with the old bytes
 
     def _dirty_files(self) -> frozenset[int]:
         """Files whose buffers hold changes the store does not have: encoding

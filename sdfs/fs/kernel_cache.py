@@ -44,7 +44,6 @@ import threading
 
 log = logging.getLogger(__name__)
 
-ENTRY_TIMEOUT = 1.0  # seconds the kernel keeps a name (libfuse's default)
 WAIT_S = 0.2  # the longest a caller waits for its invalidations (see above)
 
 

@@ -333,7 +333,8 @@ def mount(args) -> int:
     # swap changes one of them, see Store.finish_encode), and reads of an open
     # file use those pages without asking: unchanged files are re-read from
     # memory. What reaches an open file's pages without the kernel's knowing is
-    # invalidated (fs/kernel_cache.py). entry_timeout: names, for a second.
+    # invalidated (fs/kernel_cache.py). entry_timeout=1: names, for a second
+    # (libfuse's default).
     # use_ino: st_ino is the store's inode number, so hard links show as one
     # file (cp -a, rsync -H, find -samefile, du count it once); no hard_remove:
     # libfuse then keeps a path for an unlinked open file (fstat(), fchmod()…
@@ -342,11 +343,10 @@ def mount(args) -> int:
     # path, so no .fuse_hidden* file is ever listed or kept
     # libfuse 3 reads and writes up to 1 MiB a request by itself (max_write is no option there)
     from .binding import fuse_class
-    from .kernel_cache import ENTRY_TIMEOUT
     from .operations import SdfsOperations
 
     options = dict(foreground=True, nothreads=False, use_ino=True, auto_cache=True,
-                   attr_timeout=0, entry_timeout=ENTRY_TIMEOUT, fsname=f"sdfs:{store.resolve()}", subtype="sdfs")
+                   attr_timeout=0, entry_timeout=1, fsname=f"sdfs:{store.resolve()}", subtype="sdfs")
     if args.allow_other:
         options.update(allow_other=True, default_permissions=True)
     notify(f"STATUS=mounting {args.store} at {mountpoint}")

@@ -227,8 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
     import_.add_argument("store", type=Path, metavar="STORE")
     import_.add_argument("--into", default="/", metavar="DIR", help="folder inside the store to import into (default /)")
     import_.add_argument("--batch-size", type=int, default=8, help="images encoded per forward pass (default %(default)s; 32 suits a GPU)")
+    import_.add_argument("--config", type=Path, help="TOML file whose keys are these options")
     _add_model_options(import_, encoding=True)
-    import_.set_defaults(run=cmd_import)
+    cluster = import_.add_argument_group("Ray (pip install 'sdfs[ray]')")
+    cluster.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                         help="encode on a Ray cluster: `auto` or HOST:PORT joins one; no address starts a local one")
+    cluster.add_argument("--ray-actors", type=int, default=None, metavar="N",
+                         help="encoder actors, each holding one model (default: one per GPU, else 1)")
+    cluster.add_argument("--sources-shared", action="store_true",
+                         help="every Ray node sees the sources at the same paths: workers read them (else the "
+                              "driver's node reads them and Ray ships the bytes)")
+    import_.set_defaults(run=cmd_import, parser=import_)
 
     stats = commands.add_parser("stats", help="what a store holds: kinds, bytes, savings, fidelity, cache")
     stats.add_argument("target", type=Path, metavar="STORE|MOUNTPOINT")

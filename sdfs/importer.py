@@ -24,6 +24,7 @@ absent. The store lock keeps a running mount (or a second import) out.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import stat
@@ -33,8 +34,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .codec.images import DEFAULT_MAX_PIXELS, HEAD_BYTES, max_candidate_bytes, screen
-from .errors import NotACandidate, SdfsError
-from .ingest import BELOW_FLOOR, KEEP_ORIGINAL, KEPT_WHY_TEXT, NOT_SMALLER, SOURCE, judge, kept_original_why, model_for_store
+from .errors import ModelMismatch, NotACandidate, SdfsError
+from .ingest import (BELOW_FLOOR, KEEP_ORIGINAL, KEPT_WHY_TEXT, NOT_SMALLER, SOURCE, Outcome, judge, kept_original_why,
+                     model_for_store)
 from .progress import Progress, human_bytes
 from .store import CHUNK, DIR, MAX_FILE_SIZE, ROOT, SPECIAL, SYMLINK, NewFile, Store, Streamed
 from .store.lock import StoreLock
@@ -216,6 +218,8 @@ def run_import(args) -> int:
     into = tuple(_name(p) for p in Path("/" + args.into).parts[1:])
     if b".." in into or b"." in into:
         raise SdfsError(f"--into {args.into}: give a folder path inside the store without . or .. parts")
+    if getattr(args, "ray", None) is not None:
+        _check_ray_options(args)
     started = time.monotonic()
     with StoreLock(store_path, "sdfs import"):
         store = Store(store_path)
@@ -238,6 +242,18 @@ def run_import(args) -> int:
             store.close()
     _print_summary(summary, plan, time.monotonic() - started, store_path)
     return 1 if summary.failed or plan.skipped else 0
+
+
+def _check_ray_options(args) -> None:
+    """Refuse what cannot work before any file is read."""
+    from .cluster import require_ray
+
+    require_ray()
+    if args.ray.startswith("ray://") and not args.sources_shared:
+        raise SdfsError(f"--ray {args.ray}: through Ray Client the import runs on the head node, which cannot read "
+                        f"this machine's files: put the sources where every node sees them and add --sources-shared")
+    if args.ray_actors is not None and args.ray_actors < 1:
+        raise SdfsError("--ray-actors must be at least 1")
 
 
 def _drop_leftovers(store: Store) -> None:
@@ -270,6 +286,11 @@ class _Codec:
             self.store.check_model(model_for_store(self.codec.vae.identity))
         return self.codec
 
+    def outcomes(self, candidates: list[_Read]) -> dict[int, Outcome]:
+        """What to store for each candidate read whole, by id(item)."""
+        results = self().encode_many([item.data for item in candidates])
+        return {id(item): judge(item.data, result) for item, result in zip(candidates, results)}
+
 
 def _import(args, store: Store, plan: Plan, into: tuple[bytes, ...]) -> Summary:
     summary = Summary()
@@ -282,11 +303,14 @@ def _import(args, store: Store, plan: Plan, into: tuple[bytes, ...]) -> Summary:
     for special in plan.specials:
         _import_special(store, special, dirs, summary)
     if plan.files:
-        codec = _Codec(args, store)
         max_pixels = getattr(args, "max_pixels", DEFAULT_MAX_PIXELS)
         with Progress(len(plan.files), plan.work_bytes, what="importing") as progress:
-            for batch in _batches(plan.files, max(1, args.batch_size), max_pixels):
-                _import_batch(codec, max_pixels, store, batch, dirs, summary, progress)
+            if getattr(args, "ray", None) is None:
+                codec = _Codec(args, store)
+                for batch in _batches(plan.files, max(1, args.batch_size), max_pixels):
+                    _import_batch(codec.outcomes, max_pixels, store, batch, dirs, summary, progress)
+            else:
+                _import_files_on_ray(args, max_pixels, store, plan.files, dirs, summary, progress)
     for name, first in plan.names:
         _import_name(store, name, first, dirs, summary)
     for d in reversed(plan.dirs):  # after their contents, or adding entries would bump their mtime
@@ -294,6 +318,69 @@ def _import(args, store: Store, plan: Plan, into: tuple[bytes, ...]) -> Summary:
         store.setattr(ino, mode=d.st.st_mode, uid=d.st.st_uid, gid=d.st.st_gid,
                       atime_ns=d.st.st_atime_ns, mtime_ns=d.st.st_mtime_ns)
     return summary
+
+
+def _import_files_on_ray(args, max_pixels: int, store: Store, files: list[Entry], dirs: dict, summary: Summary,
+                         progress) -> None:
+    """The files, with the possible images encoded on Ray (sdfs.cluster): the
+    others are stored first, here, as a plain import stores them; then every
+    result is committed as it comes, a worker's batch per transaction."""
+    from . import cluster
+
+    candidates: list[Entry] = []
+    for batch in _batches(files, max(1, args.batch_size), max_pixels):
+        _import_batch(None, max_pixels, store, batch, dirs, summary, progress, deferred=candidates)
+    if not candidates:  # nothing to encode: Ray is not even started
+        return
+    with cluster.connected(args.ray, args.verbose) as ray:
+        models: dict[str, str | None] = {}  # a worker's model -> why the store refuses it (None: it does not)
+        refused: set[str] = set()  # workers whose refusal was said
+        committed: set[int] = set()
+        shown_at = 0.0
+        for results in cluster.encode(ray, candidates, cluster.CodecOptions.from_args(args), max(1, args.batch_size),
+                                      args.ray_actors, args.sources_shared):
+            items, outcomes = [], {}
+            for result in results:
+                entry = candidates[result.key]
+                if result.key in committed:  # a batch Ray ran twice: the first result is in
+                    log.debug("%s: a second result came back; the first is kept", entry.source)
+                    continue
+                committed.add(result.key)
+                why = None if result.outcome is None else _refused(store, result, models)
+                if result.outcome is None or why:
+                    summary.failed += 1
+                    progress.advance(files=1, nbytes=entry.st.st_size)
+                    if result.outcome is None and not result.codec_failed:
+                        log.warning("%s: cannot read (on %s): %s", entry.source, result.worker, result.error)
+                    elif result.worker not in refused:  # a worker's trouble is said once
+                        refused.add(result.worker)
+                        log.error("%s: %s; its files are not imported: fix that, then run the same import again",
+                                  result.worker, result.error if why is None else
+                                  f"it encodes with another VAE, so none of its results is committed: {why}")
+                    continue
+                item = _Read(entry, b"", result.size, None, data=result.original or None)
+                outcomes[id(item)] = result.outcome
+                items.append(item)
+            _store_batch(store, items, outcomes, dirs, summary)
+            if time.monotonic() - shown_at > 2:  # a look at the actor table costs a GCS call
+                shown_at, live = time.monotonic(), cluster.live_actors(ray)
+                progress.status = "" if live is None else f"{live} encoder actor{'s' if live != 1 else ''} live"
+            progress.advance(files=len(items), nbytes=sum(item.entry.st.st_size for item in items))
+        missing = len(candidates) - len(committed)
+        if missing:
+            summary.failed += missing
+            log.error("no result came back for %d file(s): run the same import again to finish them", missing)
+
+
+def _refused(store: Store, result, models: dict[str, str | None]) -> str | None:
+    """Why the store refuses what ``result``'s worker encoded with (its VAE), or None."""
+    if result.model not in models:
+        try:
+            store.check_model(json.loads(result.model))
+            models[result.model] = None
+        except ModelMismatch as error:
+            models[result.model] = str(error)
+    return models[result.model]
 
 
 def _batches(files: list[Entry], size: int, max_pixels: int):
@@ -379,18 +466,26 @@ class _Read:
     content: Streamed | None = None
 
 
-def _import_batch(codec: _Codec, max_pixels: int, store: Store, batch: list[Entry], dirs: dict, summary: Summary,
-                  progress) -> None:
+def _import_batch(encode, max_pixels: int, store: Store, batch: list[Entry], dirs: dict, summary: Summary,
+                  progress, deferred: list[Entry] | None = None) -> None:
+    """Read and store ``batch``; ``encode`` gives the candidates' outcomes.
+    With ``deferred``, candidates are only screened, and go there instead."""
     done = []
     try:
         for entry in batch:
             try:
-                done.append(_read_source(store, entry, max_pixels, progress))
+                item = _read_source(store, entry, max_pixels, progress, whole=deferred is None)
             except SourceError as error:  # the store's own errors end the import (run_import)
                 log.warning("%s: cannot read: %s", entry.source, error.strerror or error)
                 summary.failed += 1
                 progress.advance(files=1)
-        _store_batch(codec, store, done, dirs, summary)
+                continue
+            if item.reason is None and deferred is not None:
+                deferred.append(entry)
+            else:
+                done.append(item)
+        candidates = [item for item in done if item.reason is None]
+        _store_batch(store, done, encode(candidates) if candidates else {}, dirs, summary)
     except BaseException:
         for item in done:  # streamed in but never named: they go now rather than at the next start
             if item.content is not None:
@@ -400,10 +495,10 @@ def _import_batch(codec: _Codec, max_pixels: int, store: Store, batch: list[Entr
         progress.advance(files=1)
 
 
-def _store_batch(codec: _Codec, store: Store, items: list[_Read], dirs: dict, summary: Summary) -> None:
-    candidates = [item for item in items if item.reason is None]
-    results = codec().encode_many([item.data for item in candidates]) if candidates else []
-    outcomes = {id(item): judge(item.data, result) for item, result in zip(candidates, results)}
+def _store_batch(store: Store, items: list[_Read], outcomes: dict[int, Outcome], dirs: dict,
+                 summary: Summary) -> None:
+    """Commit ``items`` in one transaction; ``outcomes`` (by id(item)) says what
+    became of the candidates, the others are judged by their head."""
     new_files = []
     for item in items:
         entry, st = item.entry, item.entry.st
@@ -458,8 +553,9 @@ def _open_regular(path: Path) -> tuple[int, int]:
     return fd, st.st_size
 
 
-def _read_source(store: Store, entry: Entry, max_pixels: int, progress) -> _Read:
-    """Read a file whole if it may be an image (or is small), else stream it into the store."""
+def _read_source(store: Store, entry: Entry, max_pixels: int, progress, whole: bool = True) -> _Read:
+    """Read a file whole if it may be an image (or is small), else stream it
+    into the store. ``whole`` False: of a possible image, read only the head."""
     fd, size = _open_regular(entry.source)
     try:
         head = _pread_full(fd, HEAD_BYTES, 0)
@@ -468,6 +564,8 @@ def _read_source(store: Store, entry: Entry, max_pixels: int, progress) -> _Read
             reason = None
         except NotACandidate as why:
             reason = why
+        if reason is None and not whole:
+            return _Read(entry, head, size, reason)
         if reason is None or size <= STREAM_OVER:
             data = _read_to_end(fd, head)
             progress.advance(nbytes=size)

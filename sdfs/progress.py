@@ -61,6 +61,7 @@ class Progress:
         self.enabled = enabled
         self.files = 0
         self.nbytes = 0
+        self.status = ""  # a caller's word on the line, after the rates (e.g. "2 encoder actors live")
         self._bar = None
         self._started = self._last_line = 0.0
         self._lines = 0
@@ -84,7 +85,7 @@ class Progress:
             return
         if self._bar is not None:
             self._bar.update(files)
-            self._bar.set_postfix_str(self._rate(), refresh=False)
+            self._bar.set_postfix_str(", ".join(filter(None, (self._rate(), self.status))), refresh=False)
             return
         now = time.monotonic()
         if now - self._last_line >= self.interval:
@@ -94,7 +95,8 @@ class Progress:
     def line(self) -> str:
         """The plain progress line (without the ``sdfs: what:`` prefix)."""
         eta = self._eta()
-        return f"{self._counts()}, {self._rate()}" + (f", ETA {_duration(eta)}" if eta is not None else "")
+        return (f"{self._counts()}, {self._rate()}" + (f", ETA {_duration(eta)}" if eta is not None else "")
+                + (f", {self.status}" if self.status else ""))
 
     # -- internals
 

@@ -1,0 +1,181 @@
+"""`sdfs import --ray`: a local Ray instance (this machine's CPUs), the tiny
+test VAEs, and the same store a plain import makes, also when an encoder
+actor or the driver is killed."""
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+from sdfs.cli import main, parse_args
+from sdfs.cluster import INSTALL_HINT
+from sdfs.ingest import VERDICT
+from sdfs.reaper import descendants
+from sdfs.store import LATENT, VERBATIM, Store
+from tests.conftest import KODAK
+from tests.test_import import ENCODE, _records_so_far, _walk_store, sdfs
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _catalog(store_path) -> dict:
+    """{path: (kind, size, stored, verdict, verbatim bytes)} of every file."""
+    files, _ = _walk_store(store_path)
+    store = Store(store_path, readonly=True)
+    try:
+        return {path: (i.kind, i.size, i.stored, store.get_xattr(i.ino, VERDICT),
+                       store.read_raw(i.ino) if i.kind == VERBATIM else None)
+                for path, i in files.items() if not i.is_dir}
+    finally:
+        store.close()
+
+
+def _kodak_copies(folder, copies: int):
+    folder.mkdir(parents=True)
+    for n in range(copies):
+        for image in sorted(KODAK.glob("*.png")):
+            shutil.copyfile(image, folder / f"{image.stem}_{n}.png")
+    return copies * len(list(KODAK.glob("*.png")))
+
+
+def _fsck_clean(store, model):
+    check = sdfs("fsck", store, "--decode", "--model", model)
+    assert check.returncode == 0 and "no problems" in check.stdout, check.stdout + check.stderr
+
+
+def test_a_ray_import_stores_what_a_plain_import_stores(tmp_path, factor8_vae_dir, tiny_vae_dir):
+    src = tmp_path / "photos"
+    shutil.copytree(KODAK, src / "kodak", ignore=shutil.ignore_patterns("*.md"))
+    (src / "notes.txt").write_bytes(b"a text file stays byte-exact\n" * 50)
+    (src / "broken.png").write_bytes((KODAK / "kodim05.png").read_bytes()[:3000])  # an image's head, then nothing
+    (src / "empty.png").write_bytes(b"")
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(src / "tiny.png")  # its latent would not be smaller: kept
+    photo = io.BytesIO()
+    Image.open(KODAK / "kodim07.png").save(photo, "JPEG", quality=90)
+    (src / "photo.jpg").write_bytes(photo.getvalue())
+    plain, on_ray = tmp_path / "plain", tmp_path / "ray"
+    common = ("--model", factor8_vae_dir, "--batch-size", 3, *ENCODE)
+
+    sdfs("import", src, plain, *common, check_rc=0)
+    done = sdfs("import", src, on_ray, *common, "--ray", "--ray-actors", 2, check_rc=0)
+    assert "Traceback" not in done.stderr, done.stderr
+    expected = _catalog(plain)
+    assert _catalog(on_ray) == expected
+    kinds = {path: entry[0] for path, entry in expected.items()}
+    assert list(kinds.values()).count(LATENT) == len(list(KODAK.glob("*.png"))) + 1  # the crops and the JPEG: latents
+    assert expected["/photos/tiny.png"][3].startswith(b"keep original") and kinds["/photos/tiny.png"] == VERBATIM
+    assert expected["/photos/broken.png"][3].startswith(b"stored verbatim")
+    _fsck_clean(on_ray, factor8_vae_dir)  # every record decodes to its recorded length
+
+    # a worker whose VAE is not the store's: nothing it encoded is committed, and it is named
+    other = tmp_path / "more"
+    other.mkdir()
+    shutil.copyfile(KODAK / "kodim01.png", other / "k1.png")
+    refused = sdfs("import", other, on_ray, "--model", tiny_vae_dir, *ENCODE, "--ray", check_rc=1)
+    assert "encodes with another VAE" in refused.stderr and " pid " in refused.stderr, refused.stderr
+    assert "/more/k1.png" not in _catalog(on_ray)
+    assert "1 skipped or failed" in refused.stdout
+
+
+def test_killing_an_encoder_actor_loses_and_repeats_nothing(tmp_path, factor8_vae_dir):
+    src = tmp_path / "src"
+    count = _kodak_copies(src, 3)
+    store = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-m", "sdfs", "import", str(src), str(store), "--model",
+                             str(factor8_vae_dir), "--batch-size", "1", *ENCODE, "--ray", "--ray-actors", "2"],
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        victim = None
+        deadline = time.monotonic() + 300
+        while victim is None and time.monotonic() < deadline and proc.poll() is None:
+            if _records_so_far(store) >= 1:
+                actors = [pid for pid in descendants(proc.pid) if b"RayEncoder" in _cmdline(pid)]
+                victim = actors[0] if actors else None
+            time.sleep(0.05)
+        assert victim is not None, "no encoder actor was seen at work"
+        os.kill(victim, signal.SIGKILL)
+        assert _records_so_far(store) < count, "the kill came too late to interrupt anything"
+        out, err = proc.communicate(timeout=400)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out + err
+    assert f"imported {count} files" in out and f"{count} as latents" in out, out
+    names = sorted(path.rsplit("/", 1)[1] for path in _catalog(store))
+    assert names == sorted(p.name for p in src.iterdir())  # each source once
+    _fsck_clean(store, factor8_vae_dir)
+
+
+def test_a_killed_driver_leaves_no_ray_behind_and_the_rerun_imports_only_the_rest(tmp_path, factor8_vae_dir):
+    src = tmp_path / "src"
+    count = _kodak_copies(src, 3)
+    store = tmp_path / "store"
+    command = ["import", str(src), str(store), "--model", str(factor8_vae_dir), "--batch-size", "1", *ENCODE, "--ray"]
+    proc = subprocess.Popen([sys.executable, "-m", "sdfs", *command], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None and _records_so_far(store) < 2:
+            time.sleep(0.05)
+        ray_processes = descendants(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.kill()
+    committed = _records_so_far(store)
+    assert 2 <= committed < count, "the kill came too late to interrupt anything"
+    assert len(ray_processes) >= 3  # Ray's own (gcs, raylet, agents) and the actor
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _still_running(ray_processes):
+        time.sleep(0.2)
+    assert not _still_running(ray_processes), [_cmdline(pid)[:60] for pid in _still_running(ray_processes)]
+
+    rerun = sdfs(*command, check_rc=0)
+    assert f"imported {count - committed} files" in rerun.stdout, rerun.stdout
+    assert f"{committed} already in" in rerun.stdout, rerun.stdout
+    assert len(_catalog(store)) == count
+    _fsck_clean(store, factor8_vae_dir)
+
+
+def test_without_ray_the_flag_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where Ray is not installed
+    (tmp_path / "a.txt").write_text("x")
+    assert main(["import", str(tmp_path / "a.txt"), str(tmp_path / "store"), "--ray"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == f"sdfs: error: {INSTALL_HINT}"
+    assert not (tmp_path / "store").exists()  # refused before anything was touched
+
+
+def test_the_config_file_takes_the_ray_keys(tmp_path):
+    config = tmp_path / "import.toml"
+    config.write_text('ray = "auto"\nray-actors = 4\nsources-shared = true\n')
+    args = parse_args(["import", "src", "store", "--config", str(config)])
+    assert (args.ray, args.ray_actors, args.sources_shared) == ("auto", 4, True)
+    assert parse_args(["import", "src", "store", "--config", str(config), "--ray", "local"]).ray == "local"
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _still_running(noted: dict[int, int]) -> list[int]:
+    alive = descendants(1)  # every process with its start time
+    return [pid for pid, started in noted.items() if alive.get(pid) == started and _state(pid) != "Z"]
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except OSError:
+        return "gone"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs everything sdfs and its tests need into the current Python
+# Installs sdfs (with --tests, also everything its tests need) into the current Python
 # environment (activate a venv first if you want one). Run as root or with sudo
 # for the Debian packages.
 set -euo pipefail
@@ -18,7 +18,13 @@ fi
 if ! command -v nvidia-smi >/dev/null && ! python3 -c "import torch" 2>/dev/null; then
     python3 -m pip install -q "torch==2.13.0"
 fi
-python3 -m pip install -q -e ".[test]"
+# --tests: also what the tests need (pytest, and the `ray` extra: `sdfs import --ray` is tested too).
+# Without it, sdfs alone: the mount never needs Ray.
+if [ "${1:-}" = "--tests" ]; then
+    python3 -m pip install -q -e ".[test]"
+else
+    python3 -m pip install -q -e .
+fi
 
 # `sdfs mount` loads libfuse 3 through mfusepy; say now, not at the first mount
 if ! python3 -c "import ctypes.util, sys; sys.exit(ctypes.util.find_library('fuse3') is None)"; then

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = "--ray needs Ray, an optional extra: pip install 'sdfs[ray]'"
 LOCAL = "local"  # --ray without an address: a Ray instance of this machine's own, for this import
-BLOCKS_PER_BATCH = 4  # batches a block of the work list holds: small blocks stream, too small ones cost overhead
+MAX_BLOCKS = 100_000  # blocks of the work list: a batch each, up to this many (each is an object in Ray)
+INIT_DEATHS_TOLERATED = 5  # actors that crash while loading the model (out of memory, say), in a row, before giving up
 _ENCODER_CLASS = "RayEncoder"
 
 
@@ -107,17 +108,23 @@ def _read_candidate(path: str) -> bytes:
         os.close(fd)
 
 
-def read_sources(batch: dict) -> dict:
-    """Ray Data stage pinned to the driver's node: paths -> bytes, or the error."""
+def _read_group(paths) -> tuple[list[bytes], list[str]]:
+    """The files at ``paths``: their bytes, or (b"" and) why they could not be read."""
     data, errors = [], []
-    for path in batch["path"]:
+    for path in paths:
         try:
             data.append(_read_candidate(str(path)))
             errors.append("")
         except OSError as error:
             data.append(b"")
             errors.append(error.strerror or str(error))
-    return {"key": batch["key"], "data": data, "error": errors}
+    return data, errors
+
+
+def read_sources(rows: dict) -> dict:
+    """Ray Data stage pinned to the driver's node: each row's paths -> bytes, or the error."""
+    read = [_read_group(paths) for paths in rows["paths"]]
+    return {"keys": rows["keys"], "data": [data for data, _ in read], "errors": [errors for _, errors in read]}
 
 
 class RayEncoder:
@@ -136,21 +143,33 @@ class RayEncoder:
         self.worker = f"{socket.gethostname()} pid {os.getpid()}"
         self.codec, self.model, self.broken = None, "", ""
         try:
+            import ray
+
+            if ray.get_gpu_ids() and options["device"].startswith("cuda:"):
+                options = {**options, "device": "cuda"}  # Ray shows each GPU actor one GPU: its own, as cuda:0
             self.codec = CodecOptions(**options).load()
             self.model = json.dumps(model_for_store(self.codec.vae.identity), sort_keys=True)
             log.info("%s: codec loaded in %.1f s", self.worker, time.monotonic() - started)
         except Exception as error:  # noqa: BLE001 (see the class's docstring)
             self.broken = f"cannot load the codec: {_first_line(error)}"
 
-    def __call__(self, batch: dict) -> dict:
-        keys = [int(k) for k in batch["key"]]
+    def __call__(self, rows: dict) -> dict:
+        """Each row is one batch of the import (importer._batches: bounded in
+        files and bytes); one row comes back per file."""
+        columns = {name: [] for name in self.COLUMNS}
+        for i, keys in enumerate(rows["keys"]):
+            keys = [int(k) for k in keys]
+            if "data" in rows:  # read on the driver's node
+                blobs, errors = [bytes(b) for b in rows["data"][i]], [str(e) for e in rows["errors"][i]]
+            else:  # --sources-shared: read here
+                blobs, errors = _read_group(rows["paths"][i])
+            for name, values in self._encode(keys, blobs, errors).items():
+                columns[name].extend(values)
+        return columns
+
+    def _encode(self, keys: list[int], blobs: list[bytes], errors: list[str]) -> dict:
         if self.broken:
-            return self._rows(keys, [b""] * len(keys), [self.broken] * len(keys), {}, codec_failed=True)
-        if "data" in batch:  # read on the driver's node
-            blobs, errors = [bytes(b) for b in batch["data"]], [str(e) for e in batch["error"]]
-        else:  # --sources-shared: read here
-            read = read_sources({"key": keys, "path": batch["path"]})
-            blobs, errors = read["data"], read["error"]
+            return self._rows(keys, blobs, [self.broken] * len(keys), {}, codec_failed=True)
         readable = [i for i, error in enumerate(errors) if not error]
         try:
             results = self.codec.encode_many([blobs[i] for i in readable]) if readable else []
@@ -195,7 +214,7 @@ def connected(address: str, verbose: int):
         if address == LOCAL:  # what this instance starts must end with this process, even on kill -9
             reaper = subprocess.Popen([sys.executable, "-m", "sdfs.reaper", str(os.getpid())], stdin=subprocess.PIPE,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-            ray.init(**options)
+            ray.init(address="local", **options)  # not RAY_ADDRESS's cluster, nor one `ray start` left running
         else:
             ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as error:
@@ -222,14 +241,17 @@ def connected(address: str, verbose: int):
 
 def resources(ray, device: str, actors: int | None) -> tuple[int, dict]:
     """How many encoder actors, and what each asks Ray for: a GPU each where
-    the cluster has GPUs (and --device is not cpu), else a share of the CPUs."""
-    total = ray.cluster_resources()
-    gpus, cpus = int(total.get("GPU", 0)), int(total.get("CPU", 1))
+    the cluster has GPUs (and --device is not cpu), else a share of a node's CPUs."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if device.startswith("cuda") and not gpus:
+        raise SdfsError(f"--device {device}: the Ray cluster has no GPU; leave --device out, or give cpu")
     use_gpus = gpus > 0 and not device.startswith("cpu")
     count = actors or (gpus if use_gpus else 1)
     if use_gpus:
         return count, {"num_gpus": 1}
-    return count, {"num_cpus": max(1, cpus // count)}
+    node_cpus = [int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node.get("Alive")]
+    largest, total = max(node_cpus, default=1), sum(node_cpus) or 1
+    return count, {"num_cpus": max(1, min(largest, total // count))}  # an actor lives on one node
 
 
 def live_actors(ray) -> int | None:
@@ -245,28 +267,36 @@ def live_actors(ray) -> int | None:
         return None
 
 
-def encode(ray, entries: list, options: CodecOptions, batch_size: int, actors: int | None,
+def encode(ray, entries: list, groups: list[list[int]], options: CodecOptions, actors: int | None,
            sources_shared: bool) -> Iterator[list[Encoded]]:
-    """Encode the sources ``entries`` (importer.Entry) on the cluster; yields
-    the results as they come, a worker's batch at a time, in no set order."""
-    from ray.data import ActorPoolStrategy
+    """Encode the sources ``entries`` (importer.Entry) on the cluster, in the
+    batches ``groups`` (lists of indices into ``entries``). Yields the results
+    as they come, in no set order; after a failure Ray may repeat some."""
+    from ray.data import ActorPoolStrategy, DataContext
 
     count, per_actor = resources(ray, options.device, actors)
-    items = [{"key": key, "path": str(entry.source)} for key, entry in enumerate(entries)]
-    blocks = max(1, len(items) // (batch_size * BLOCKS_PER_BATCH))
-    dataset = ray.data.from_items(items, override_num_blocks=blocks)
+    # sent whole: workers of a cluster started elsewhere do not share this process's folder
+    rows = [{"keys": group, "paths": [os.path.abspath(entries[key].source) for key in group]} for group in groups]
+    context = DataContext.get_current()
+    if hasattr(context, "max_consecutive_actor_init_deaths"):  # Ray >= 2.5x: else one OOM while loading ends it all
+        context.max_consecutive_actor_init_deaths = INIT_DEATHS_TOLERATED
+    # a block a batch: a killed actor's task redoes one batch (up to MAX_BLOCKS: then a few)
+    dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), MAX_BLOCKS)))
     if not sources_shared:  # read where the files are: on this node (each node offers a resource named after its address)
         here = {f"node:{ray.util.get_node_ip_address()}": 0.001}
-        dataset = dataset.map_batches(read_sources, batch_size=batch_size, num_cpus=0, resources=here)
+        dataset = dataset.map_batches(read_sources, batch_size=1, num_cpus=0, resources=here)
     dataset = dataset.map_batches(RayEncoder, fn_constructor_kwargs={"options": asdict(options)},
-                                  batch_size=batch_size, compute=ActorPoolStrategy(size=count), **per_actor)
-    log.info("encoding %d files on Ray: %d actor(s), each with %s", len(items), count,
+                                  batch_size=1, compute=ActorPoolStrategy(size=count), **per_actor)
+    log.info("encoding %d files on Ray: %d actor(s), each with %s", len(entries), count,
              ", ".join(f"{v} {k.removeprefix('num_')}" for k, v in per_actor.items()))
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
             yield [_encoded(batch, i) for i in range(len(batch["key"]))]
-    except ray.exceptions.RayError as error:
-        raise SdfsError(f"the Ray encode failed: {_first_line(error)}") from None
+    except Exception as error:  # noqa: BLE001  Ray's, and Ray Data's own (not all are RayError); ours end the generator elsewhere
+        if isinstance(error, SdfsError):
+            raise
+        raise SdfsError(f"the Ray encode failed: {_first_line(error)}; what was committed stays: "
+                        f"run the same import again to finish") from None
 
 
 def _encoded(batch: dict, i: int) -> Encoded:

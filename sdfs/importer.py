@@ -24,7 +24,6 @@ absent. The store lock keeps a running mount (or a second import) out.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import stat
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .codec.images import DEFAULT_MAX_PIXELS, HEAD_BYTES, max_candidate_bytes, screen
-from .errors import ModelMismatch, NotACandidate, SdfsError
+from .errors import NotACandidate, SdfsError
 from .ingest import (BELOW_FLOOR, KEEP_ORIGINAL, KEPT_WHY_TEXT, NOT_SMALLER, SOURCE, Outcome, judge, kept_original_why,
                      model_for_store)
 from .progress import Progress, human_bytes
@@ -218,8 +217,10 @@ def run_import(args) -> int:
     into = tuple(_name(p) for p in Path("/" + args.into).parts[1:])
     if b".." in into or b"." in into:
         raise SdfsError(f"--into {args.into}: give a folder path inside the store without . or .. parts")
-    if getattr(args, "ray", None) is not None:
-        _check_ray_options(args)
+    if getattr(args, "ray", None) is not None or getattr(args, "ray_actors", None) or getattr(args, "sources_shared", False):
+        from .ray_import import check_options
+
+        check_options(args)
     started = time.monotonic()
     with StoreLock(store_path, "sdfs import"):
         store = Store(store_path)
@@ -242,18 +243,6 @@ def run_import(args) -> int:
             store.close()
     _print_summary(summary, plan, time.monotonic() - started, store_path)
     return 1 if summary.failed or plan.skipped else 0
-
-
-def _check_ray_options(args) -> None:
-    """Refuse what cannot work before any file is read."""
-    from .cluster import require_ray
-
-    require_ray()
-    if args.ray.startswith("ray://") and not args.sources_shared:
-        raise SdfsError(f"--ray {args.ray}: through Ray Client the import runs on the head node, which cannot read "
-                        f"this machine's files: put the sources where every node sees them and add --sources-shared")
-    if args.ray_actors is not None and args.ray_actors < 1:
-        raise SdfsError("--ray-actors must be at least 1")
 
 
 def _drop_leftovers(store: Store) -> None:
@@ -310,7 +299,9 @@ def _import(args, store: Store, plan: Plan, into: tuple[bytes, ...]) -> Summary:
                 for batch in _batches(plan.files, max(1, args.batch_size), max_pixels):
                     _import_batch(codec.outcomes, max_pixels, store, batch, dirs, summary, progress)
             else:
-                _import_files_on_ray(args, max_pixels, store, plan.files, dirs, summary, progress)
+                from .ray_import import import_files_on_ray
+
+                import_files_on_ray(args, max_pixels, store, plan.files, dirs, summary, progress)
     for name, first in plan.names:
         _import_name(store, name, first, dirs, summary)
     for d in reversed(plan.dirs):  # after their contents, or adding entries would bump their mtime
@@ -318,69 +309,6 @@ def _import(args, store: Store, plan: Plan, into: tuple[bytes, ...]) -> Summary:
         store.setattr(ino, mode=d.st.st_mode, uid=d.st.st_uid, gid=d.st.st_gid,
                       atime_ns=d.st.st_atime_ns, mtime_ns=d.st.st_mtime_ns)
     return summary
-
-
-def _import_files_on_ray(args, max_pixels: int, store: Store, files: list[Entry], dirs: dict, summary: Summary,
-                         progress) -> None:
-    """The files, with the possible images encoded on Ray (sdfs.cluster): the
-    others are stored first, here, as a plain import stores them; then every
-    result is committed as it comes, a worker's batch per transaction."""
-    from . import cluster
-
-    candidates: list[Entry] = []
-    for batch in _batches(files, max(1, args.batch_size), max_pixels):
-        _import_batch(None, max_pixels, store, batch, dirs, summary, progress, deferred=candidates)
-    if not candidates:  # nothing to encode: Ray is not even started
-        return
-    with cluster.connected(args.ray, args.verbose) as ray:
-        models: dict[str, str | None] = {}  # a worker's model -> why the store refuses it (None: it does not)
-        refused: set[str] = set()  # workers whose refusal was said
-        committed: set[int] = set()
-        shown_at = 0.0
-        for results in cluster.encode(ray, candidates, cluster.CodecOptions.from_args(args), max(1, args.batch_size),
-                                      args.ray_actors, args.sources_shared):
-            items, outcomes = [], {}
-            for result in results:
-                entry = candidates[result.key]
-                if result.key in committed:  # a batch Ray ran twice: the first result is in
-                    log.debug("%s: a second result came back; the first is kept", entry.source)
-                    continue
-                committed.add(result.key)
-                why = None if result.outcome is None else _refused(store, result, models)
-                if result.outcome is None or why:
-                    summary.failed += 1
-                    progress.advance(files=1, nbytes=entry.st.st_size)
-                    if result.outcome is None and not result.codec_failed:
-                        log.warning("%s: cannot read (on %s): %s", entry.source, result.worker, result.error)
-                    elif result.worker not in refused:  # a worker's trouble is said once
-                        refused.add(result.worker)
-                        log.error("%s: %s; its files are not imported: fix that, then run the same import again",
-                                  result.worker, result.error if why is None else
-                                  f"it encodes with another VAE, so none of its results is committed: {why}")
-                    continue
-                item = _Read(entry, b"", result.size, None, data=result.original or None)
-                outcomes[id(item)] = result.outcome
-                items.append(item)
-            _store_batch(store, items, outcomes, dirs, summary)
-            if time.monotonic() - shown_at > 2:  # a look at the actor table costs a GCS call
-                shown_at, live = time.monotonic(), cluster.live_actors(ray)
-                progress.status = "" if live is None else f"{live} encoder actor{'s' if live != 1 else ''} live"
-            progress.advance(files=len(items), nbytes=sum(item.entry.st.st_size for item in items))
-        missing = len(candidates) - len(committed)
-        if missing:
-            summary.failed += missing
-            log.error("no result came back for %d file(s): run the same import again to finish them", missing)
-
-
-def _refused(store: Store, result, models: dict[str, str | None]) -> str | None:
-    """Why the store refuses what ``result``'s worker encoded with (its VAE), or None."""
-    if result.model not in models:
-        try:
-            store.check_model(json.loads(result.model))
-            models[result.model] = None
-        except ModelMismatch as error:
-            models[result.model] = str(error)
-    return models[result.model]
 
 
 def _batches(files: list[Entry], size: int, max_pixels: int):

@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 
-POLL_SECONDS = 1.0
+POLL_SECONDS = 0.5  # a process Ray starts this soon before a kill -9 may escape
 
 
 def _stat(pid: int) -> tuple[int, int] | None:
@@ -54,10 +54,12 @@ def descendants(root: int) -> dict[int, int]:
 
 def reap(driver: int, signal_pipe: int) -> int:
     """Watch ``driver`` until ``signal_pipe`` closes; return how many of its
-    descendants had to be killed."""
+    descendants had to be killed. Only those started after this process are
+    noted: the driver's children from before (a caller's) are not Ray's."""
+    since = _stat(os.getpid())[1]
     noted: dict[int, int] = {}
     while True:
-        noted.update(descendants(driver))
+        noted.update((pid, started) for pid, started in descendants(driver).items() if started >= since)
         ready, _, _ = select.select([signal_pipe], [], [], POLL_SECONDS)
         if ready and not os.read(signal_pipe, 4096):
             break

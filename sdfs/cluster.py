@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = "--ray needs Ray, an optional extra: pip install 'sdfs[ray]'"
 LOCAL = "local"  # --ray without an address: a Ray instance of this machine's own, for this import
-MAX_BLOCKS = 100_000  # blocks of the work list: a batch each, up to this many (each is an object in Ray)
+BLOCK_FILES = 256  # files in a block of work that Ray carries (see blocks)
+BLOCKS_PER_ACTOR = 4  # at least, where there are enough files: no actor idles while another has a long queue
+BLOCK_BYTES = 64 << 20  # and their bytes, read whole, unless one batch alone is larger
 INIT_DEATHS_TOLERATED = 5  # actors that crash while loading the model (out of memory, say), in a row, before giving up
 _ENCODER_CLASS = "RayEncoder"
 
@@ -124,7 +126,8 @@ def _read_group(paths) -> tuple[list[bytes], list[str]]:
 def read_sources(rows: dict) -> dict:
     """Ray Data stage pinned to the driver's node: each row's paths -> bytes, or the error."""
     read = [_read_group(paths) for paths in rows["paths"]]
-    return {"keys": rows["keys"], "data": [data for data, _ in read], "errors": [errors for _, errors in read]}
+    return {"keys": rows["keys"], "groups": rows["groups"], "data": [data for data, _ in read],
+            "errors": [errors for _, errors in read]}
 
 
 class RayEncoder:
@@ -154,8 +157,9 @@ class RayEncoder:
             self.broken = f"cannot load the codec: {_first_line(error)}"
 
     def __call__(self, rows: dict) -> dict:
-        """Each row is one batch of the import (importer._batches: bounded in
-        files and bytes); one row comes back per file."""
+        """Each row is a block: batches of the import (importer._batches,
+        bounded in files and bytes) one after another, ``groups`` saying how
+        many files each has. One row comes back per file."""
         columns = {name: [] for name in self.COLUMNS}
         for i, keys in enumerate(rows["keys"]):
             keys = [int(k) for k in keys]
@@ -163,8 +167,12 @@ class RayEncoder:
                 blobs, errors = [bytes(b) for b in rows["data"][i]], [str(e) for e in rows["errors"][i]]
             else:  # --sources-shared: read here
                 blobs, errors = _read_group(rows["paths"][i])
-            for name, values in self._encode(keys, blobs, errors).items():
-                columns[name].extend(values)
+            start = 0
+            for size in rows["groups"][i]:
+                end = start + int(size)
+                for name, values in self._encode(keys[start:end], blobs[start:end], errors[start:end]).items():
+                    columns[name].extend(values)
+                start = end
         return columns
 
     def _encode(self, keys: list[int], blobs: list[bytes], errors: list[str]) -> dict:
@@ -275,13 +283,14 @@ def encode(ray, entries: list, groups: list[list[int]], options: CodecOptions, a
     from ray.data import ActorPoolStrategy, DataContext
 
     count, per_actor = resources(ray, options.device, actors)
-    # sent whole: workers of a cluster started elsewhere do not share this process's folder
-    rows = [{"keys": group, "paths": [os.path.abspath(entries[key].source) for key in group]} for group in groups]
+    rows = [{"keys": [key for group in block for key in group], "groups": [len(group) for group in block],
+             # sent whole: workers of a cluster started elsewhere do not share this process's folder
+             "paths": [os.path.abspath(entries[key].source) for group in block for key in group]}
+            for block in blocks(groups, [entry.st.st_size for entry in entries], count)]
     context = DataContext.get_current()
     if hasattr(context, "max_consecutive_actor_init_deaths"):  # Ray >= 2.5x: else one OOM while loading ends it all
         context.max_consecutive_actor_init_deaths = INIT_DEATHS_TOLERATED
-    # a block a batch: a killed actor's task redoes one batch (up to MAX_BLOCKS: then a few)
-    dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), MAX_BLOCKS)))
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))  # a row a block
     if not sources_shared:  # read where the files are: on this node (each node offers a resource named after its address)
         here = {f"node:{ray.util.get_node_ip_address()}": 0.001}
         dataset = dataset.map_batches(read_sources, batch_size=1, num_cpus=0, resources=here)
@@ -297,6 +306,29 @@ def encode(ray, entries: list, groups: list[list[int]], options: CodecOptions, a
             raise
         raise SdfsError(f"the Ray encode failed: {_first_line(error)}; what was committed stays: "
                         f"run the same import again to finish") from None
+
+
+def blocks(groups: list[list[int]], sizes: list[int], actors: int) -> list[list[list[int]]]:
+    """The batches ``groups`` (of keys, whose files have ``sizes``) packed in
+    blocks of whole batches: up to BLOCK_FILES files and BLOCK_BYTES (a batch
+    at least), and small enough that each of the ``actors`` gets a few.
+    Ray Data pays for each block (a task, objects, the driver's bookkeeping):
+    a block a batch of 8 capped one driver at 700 results/s on this machine
+    (bench/ray_import.py). A killed actor's block is what runs again."""
+    share = -(-len(sizes) // (BLOCKS_PER_ACTOR * max(1, actors)))
+    cap = max(1, min(BLOCK_FILES, share))
+    packed, block, files, nbytes = [], [], 0, 0
+    for group in groups:
+        weight = sum(sizes[key] for key in group)
+        if block and (files + len(group) > cap or nbytes + weight > BLOCK_BYTES):
+            packed.append(block)
+            block, files, nbytes = [], 0, 0
+        block.append(group)
+        files += len(group)
+        nbytes += weight
+    if block:
+        packed.append(block)
+    return packed
 
 
 def _encoded(batch: dict, i: int) -> Encoded:

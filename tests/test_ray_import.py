@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from sdfs.cli import main, parse_args
-from sdfs.cluster import INSTALL_HINT, Encoded
+from sdfs.cluster import BLOCK_FILES, INSTALL_HINT, Encoded, blocks
 from sdfs.codec import guard
 from sdfs.codec.codec import Codec
 from sdfs.codec.guard import Floor
@@ -96,7 +96,7 @@ def test_a_ray_import_stores_what_a_plain_import_stores(tmp_path, factor8_vae_di
     assert "/more/k1.png" not in _catalog(on_ray)
 
 
-def test_killing_an_encoder_actor_loses_and_repeats_nothing(tmp_path, factor8_vae_dir):
+def test_killing_the_encoder_actors_loses_and_repeats_nothing(tmp_path, factor8_vae_dir):
     src = tmp_path / "src"
     count = _kodak_copies(src, 2)
     store = tmp_path / "store"
@@ -105,15 +105,15 @@ def test_killing_an_encoder_actor_loses_and_repeats_nothing(tmp_path, factor8_va
                             env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        victim = None
+        victims = []
         deadline = time.monotonic() + 300
-        while victim is None and time.monotonic() < deadline and proc.poll() is None:
-            if _records_so_far(store) >= 1:
-                actors = [pid for pid in descendants(proc.pid) if b"RayEncoder" in _cmdline(pid)]
-                victim = actors[0] if actors else None
+        while not victims and time.monotonic() < deadline and proc.poll() is None:
+            if _records_so_far(store) >= 1:  # every actor, so the one at work is among them
+                victims = [pid for pid in descendants(proc.pid) if b"RayEncoder" in _cmdline(pid)]
             time.sleep(0.05)
-        assert victim is not None, "no encoder actor was seen at work"
-        os.kill(victim, signal.SIGKILL)
+        assert victims, "no encoder actor was seen at work"
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
         assert _records_so_far(store) < count, "the kill came too late to interrupt anything"
         out, err = proc.communicate(timeout=400)
     finally:
@@ -213,6 +213,18 @@ def test_the_driver_commits_each_file_once_and_only_what_the_store_can_take(tmp_
 
 def _walk_store_open(store) -> dict:
     return {f"/{name.decode()}": store.inode(ino) for name, ino in store.listdir(1)}
+
+
+def test_blocks_of_work_hold_whole_batches_and_spread_over_the_actors():
+    groups = [[i, i + 1] for i in range(0, 20, 2)]  # ten batches of two
+    small = blocks(groups, [1_000] * 20, actors=2)  # 20 files: about 20 / (4 x 2) a block
+    assert [key for block in small for group in block for key in group] == list(range(20))
+    assert all(sum(map(len, block)) <= 3 for block in small) and len(small) >= 8
+    assert blocks(groups, [1_000] * 20, actors=1) == [groups[i:i + 2] for i in range(0, 10, 2)]
+    huge = blocks(groups, [40 << 20] * 20, actors=1)  # a batch alone passes the bytes: a block of its own
+    assert huge == [[group] for group in groups]
+    many = blocks([[i] for i in range(10_000)], [1] * 10_000, actors=1)
+    assert max(map(len, many)) == BLOCK_FILES
 
 
 def test_without_ray_the_flag_says_how_to_install_it(tmp_path, monkeypatch, capsys):

@@ -5,9 +5,10 @@ What scales is the encode (a forward pass per image on a GPU); what does not
 is the store (one LMDB writer). So the driver, the `sdfs import` process,
 does everything a plain import does except the encode: it lists and skips
 sources, screens them by their head, stores the files that cannot be images,
-and commits every result with `Store.put_files`, a transaction per batch.
-Ray Data carries the possible images to a pool of encoder actors (one per
-GPU), each holding a loaded Codec, and streams back what `judge` decided.
+and commits the results with `Store.put_files`, a transaction for each block
+of batches that comes back. Ray Data carries the possible images to a pool
+of encoder actors (one per GPU), each holding a loaded Codec, and streams
+back what `judge` decided.
 
 Where the bytes come from: with ``--sources-shared`` (every node sees the same
 paths) the actors read the files themselves; otherwise tasks pinned to the

@@ -17,7 +17,8 @@ import time
 
 from . import cluster
 from .errors import ModelMismatch, SdfsError
-from .importer import Entry, Store, Summary, _batches, _import_batch, _Read, _store_batch
+from .importer import Entry, Summary, _batches, _import_batch, _Read, _store_batch
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def import_files_on_ray(args, max_pixels: int, store: Store, files: list[Entry],
                         progress) -> None:
     """The files, with the possible images encoded on Ray: the others are
     stored first, here, as a plain import stores them; then the results are
-    committed as they come, a transaction per batch that comes back."""
+    committed as they come, a transaction per block of batches that comes back."""
     candidates: list[Entry] = []
     size = max(1, args.batch_size)
     for batch in _batches(files, size, max_pixels):

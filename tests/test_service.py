@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -270,3 +271,71 @@ def test_terminal_and_log_file_styles(tmp_path):
     first = text.splitlines()[0]
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} sdfs\[\d+\]: INFO: mounted S at M$", first), text
     assert "decoded inode" not in text
+
+
+def _slow_image(width: int = 2048, height: int = 1536) -> bytes:
+    """A photo-like PNG the tiny VAE takes well over 30 s to encode on a CPU."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:height, 0:width]
+    rng = np.random.default_rng(0)
+    pixels = np.stack([(x * 255 // width), (y * 255 // height), ((x + y) * 127 // (width + height))], axis=-1)
+    pixels = np.clip(pixels + rng.integers(-12, 13, pixels.shape), 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG", compress_level=1)
+    return out.getvalue()
+
+
+def _wait_encoding(mountpoint: Path, seconds: float = 1.0) -> None:
+    """Until the encoder has had a batch in hand for ``seconds``."""
+    from sdfs.fs.control import daemon_state
+
+    wait_for(lambda: daemon_state(mountpoint)["encoder"].get("batch_seconds", 0) >= seconds, 120, "an encode")
+
+
+def _stopped_within(daemon, seconds: float, started: float) -> float:
+    daemon.wait(timeout=60)
+    took = time.monotonic() - started
+    assert daemon.returncode == 0 and took < seconds, (took, daemon.log.read_text())
+    log = daemon.log.read_text()
+    assert "abandoned the encode of 1 file(s) in hand; 1 files stay queued" in log, log
+    assert "Traceback" not in log and "terminate called" not in log, log
+    return took
+
+
+@needs_fuse
+@pytest.mark.timeout(900)
+def test_a_stop_abandons_a_long_encode_and_the_next_mount_resumes_it(tmp_path, tiny_vae_dir, listener):
+    """SIGTERM (systemd) and `sdfs umount` return within seconds whatever the
+    encoder is doing; the file stays pending, durably, and encodes later."""
+    store, mnt = tmp_path / "store", tmp_path / "mnt"
+    image = _slow_image()
+    with mounted(store, mnt, tiny_vae_dir, until=listener.ready.is_set, timeout=120) as daemon:
+        (mnt / "big.png").write_bytes(image)
+        _wait_encoding(mnt)
+        started = time.monotonic()
+        daemon.send_signal(signal.SIGTERM)
+        by_signal = _stopped_within(daemon, 10, started)
+        _assert_stopped_cleanly(listener, daemon, mnt)
+
+    with mounted(store, mnt, tiny_vae_dir) as daemon:
+        assert os.getxattr(mnt / "big.png", "user.sdfs.kind") == b"pending"
+        _wait_encoding(mnt)
+        started = time.monotonic()
+        umount = subprocess.run([sys.executable, "-m", "sdfs", "umount", str(mnt)], capture_output=True, text=True,
+                                timeout=60)
+        assert umount.returncode == 0, umount.stderr
+        by_umount = _stopped_within(daemon, 10, started)
+
+    with mounted(store, mnt, tiny_vae_dir) as daemon:
+        assert os.getxattr(mnt / "big.png", "user.sdfs.kind") == b"pending"
+        started = time.monotonic()
+        wait_encoded(mnt, timeout=600)
+        encode = time.monotonic() - started
+        assert os.getxattr(mnt / "big.png", "user.sdfs.kind") == b"latent"
+        assert encode > 30, f"the encode took {encode:.0f} s: too quick to show that a stop does not wait for it"
+        assert len((mnt / "big.png").read_bytes()) == (mnt / "big.png").stat().st_size
+    print(f"stopped in {by_signal:.1f} s (SIGTERM) and {by_umount:.1f} s (sdfs umount); the encode takes {encode:.0f} s")

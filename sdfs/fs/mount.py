@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 # what libfuse 3 (3.12 to 3.14) prints at every start because mfusepy leaves
 # its loop configuration at the defaults: noise, not a problem, so kept out of the log
 _LIBFUSE_NOISE = ("Ignoring invalid max threads value",)
+STOP_WAIT_S = 3  # a stop waits this long for the encoder to end by itself (a commit in progress), then leaves it
 
 
 def _fusermount() -> str:
@@ -227,7 +228,7 @@ def _finish_quietly_on_sigterm() -> None:
     kill the encoder mid-batch. Once unmounting, a SIGTERM only says so."""
 
     def already_stopping(signum, frame):
-        log.info("already unmounting: finishing the encode batch in hand first")
+        log.info("already unmounting")
 
     try:
         signal.signal(signal.SIGTERM, already_stopping)
@@ -311,16 +312,28 @@ def mount(args) -> int:
     def on_destroy() -> None:
         # libfuse calls this after the unmount, for `sdfs umount` and SIGTERM alike
         destroyed.set()
-        notify("STOPPING=1", f"STATUS=unmounted {mountpoint}; finishing the encode batch in hand")
+        notify("STOPPING=1", f"STATUS=unmounted {mountpoint}; stopping")
         _finish_quietly_on_sigterm()
-        log.info("unmounted %s; finishing the encode batch in hand", mountpoint)
+        log.info("unmounted %s; stopping", mountpoint)
         readiness.stop()
-        encoder.stop(timeout=600)  # finish the batch in hand; the rest stays queued, durably
+        in_hand = encoder.in_hand()
+        ended = encoder.stop(timeout=STOP_WAIT_S)  # nothing is committed after this
         fs.close()
         queued = fs.store.pending_count()
-        fs.store.close()
+        if ended:
+            fs.store.close()
         lock.release()
-        log.info("stopped; %s", f"{queued} files stay queued for the next mount" if queued else "nothing left to encode")
+        left = f"{queued} files stay queued for the next mount" if queued else "nothing left to encode"
+        if ended:
+            log.info("stopped; %s", left)
+            return
+        # the encoder is inside the model, which cannot be interrupted: the
+        # process ends around it (the store is crash-safe and nothing is being
+        # committed), rather than wait for an encode that can simply be redone,
+        # or exit with a thread in torch's C++ (which aborts the process)
+        log.info("stopped; abandoned the encode of %d file(s) in hand; %s", in_hand, left)
+        logging.shutdown()
+        os._exit(0)
 
     # attr_timeout=0: attributes always come from here, so st_size always equals
     # what a read returns. (Cached for a second, with the encoder's swaps and

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .codec import container
 from .errors import RecordError
-from .fs.control import daemon_state, mount_of, store_of
+from .fs.control import daemon_state, describe_encoding, mount_of, store_of
 from .ingest import (BELOW_FLOOR, KEEP_LATENT, KEEP_ORIGINAL, KEPT_WHY_TEXT, NOT_SMALLER, ORIGINAL_BYTES,
                      STORED_VERBATIM, VERDICT, kept_original_why)
 from .progress import human_bytes
@@ -234,7 +234,8 @@ def render(report: dict) -> str:
         cache = live["cache"]
         ratio = f"{cache['hit_ratio']:.1%}" if cache["hit_ratio"] is not None else "no reads yet"
         lines += [
-            f"mount      {live['mountpoint']} (pid {live['pid']}): {live['pending']:,} pending, {live['open_files']} open files",
+            f"mount      {live['mountpoint']} (pid {live['pid']}): {live['pending']:,} pending, {live['open_files']} open files"
+            + (f"; encoding {encoding}" if (encoding := describe_encoding(live.get("encoder", {}).get("encoding"))) else ""),
             f"cache      hit ratio {ratio} ({cache['hits']:,} hits, {cache['misses']:,} misses); "
             f"{cache['entries']:,} images, {human_bytes(cache['bytes'])} of {human_bytes(cache['capacity_bytes'])}; {live['decodes']:,} decodes",
         ]

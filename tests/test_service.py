@@ -324,6 +324,19 @@ def test_a_stop_abandons_a_long_encode_and_the_next_mount_resumes_it(tmp_path, t
     with mounted(store, mnt, tiny_vae_dir) as daemon:
         assert os.getxattr(mnt / "big.png", "user.sdfs.kind") == b"pending"
         _wait_encoding(mnt)
+        # what is being encoded, and how far along: the mount's figures, `sdfs sync` and `sdfs stats`
+        from sdfs.fs.control import daemon_state
+
+        wait_for(lambda: "tiles" in daemon_state(mnt)["encoder"]["encoding"], 60, "tiles done")
+        encoding = daemon_state(mnt)["encoder"]["encoding"]
+        assert encoding["files"] == ["/big.png"] and 0 < encoding["tiles_done"] <= encoding["tiles"], encoding
+        waiting = subprocess.run([sys.executable, "-m", "sdfs", "sync", str(mnt), "--timeout", "1"],
+                                 capture_output=True, text=True, timeout=60)
+        assert waiting.returncode == 1 and re.search(r"encoding /big\.png \((en|de)code, tile \d+ of \d+\)",
+                                                     waiting.stderr), waiting.stderr
+        shown = subprocess.run([sys.executable, "-m", "sdfs", "stats", str(mnt)], capture_output=True, text=True,
+                               timeout=60)
+        assert re.search(r"1 pending, 0 open files; encoding /big\.png \(", shown.stdout), shown.stdout
         started = time.monotonic()
         umount = subprocess.run([sys.executable, "-m", "sdfs", "umount", str(mnt)], capture_output=True, text=True,
                                 timeout=60)

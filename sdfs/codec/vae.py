@@ -15,7 +15,9 @@ import logging
 import math
 import os
 import socket
+import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -189,6 +191,27 @@ def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
+_tile_sink = threading.local()  # where this thread's tiled passes say how far they are (reporting_tiles)
+
+
+@contextmanager
+def reporting_tiles(sink: Callable[[str, int, int], None]):
+    """Calls ``sink(pass_name, done, total)`` after each tile of this
+    thread's tiled passes ("encode", "decode"): how far a big image is. Other
+    threads' passes (a reader's decode) report nowhere."""
+    before = getattr(_tile_sink, "sink", None)
+    _tile_sink.sink = sink
+    try:
+        yield
+    finally:
+        _tile_sink.sink = before
+
+
+def _tiles_of(pass_name: str) -> Callable[[int, int], None] | None:
+    sink = getattr(_tile_sink, "sink", None)
+    return None if sink is None else (lambda done, total: sink(pass_name, done, total))
+
+
 def run_tiled(
     fn: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -196,7 +219,7 @@ def run_tiled(
     overlap: int,
     scale: float,
     batch: int,
-    on_tile: Callable[[], None] | None = None,
+    on_tile: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Apply ``fn`` to overlapping ``tile``-sized windows of ``x`` (1, C, H, W)
     and blend the outputs (which are ``scale`` times larger) with linear ramps.
@@ -211,6 +234,7 @@ def run_tiled(
     weight = _ramp(out_th, out_overlap)[:, None] * _ramp(out_tw, out_overlap)[None, :]
     canvas = None
     total = torch.zeros(round(height * scale), round(width * scale))
+    done = 0
     for first in range(0, len(boxes), batch):
         group = boxes[first : first + batch]
         outputs = fn(torch.cat([x[:, :, y : y + th, x0 : x0 + tw] for y, x0 in group])).float().cpu()
@@ -220,8 +244,9 @@ def run_tiled(
             oy, ox = round(y * scale), round(x0 * scale)
             canvas[0, :, oy : oy + out_th, ox : ox + out_tw] += out * weight
             total[oy : oy + out_th, ox : ox + out_tw] += weight
+            done += 1
             if on_tile:
-                on_tile()
+                on_tile(done, len(boxes))
     return canvas / total
 
 
@@ -425,7 +450,8 @@ class Vae:
                     self._encode_tensor,
                     small,
                     lambda: run_tiled(
-                        self._encode_tensor, x, tiling.tile * factor, tiling.overlap * factor, 1 / factor, self.batch_size
+                        self._encode_tensor, x, tiling.tile * factor, tiling.overlap * factor, 1 / factor, self.batch_size,
+                        _tiles_of("encode"),
                     ),
                 )
                 results[index] = (latent[0].numpy(), tiling)
@@ -460,7 +486,8 @@ class Vae:
                 z = torch.from_numpy(latent)[None]
                 small = _downscale_for_stats(z, 1, tiling.stats, 1)
                 sample = norms.run(
-                    decode_fn, small, lambda: run_tiled(decode_fn, z, tiling.tile, tiling.overlap, factor, self.batch_size)
+                    decode_fn, small,
+                    lambda: run_tiled(decode_fn, z, tiling.tile, tiling.overlap, factor, self.batch_size, _tiles_of("decode")),
                 )
                 results[index] = to_uint8(sample[0, :, : size[0], : size[1]])
             else:

@@ -135,6 +135,17 @@ def _left(estimate: tuple[float, bool] | None) -> str:
     return f", {'about' if exact else 'at least'} {_duration(seconds)} left"
 
 
+def describe_encoding(encoding: dict | None) -> str:
+    """The batch in hand, for people: "/a/big.png (decode, tile 12 of 48)"."""
+    if not encoding or not encoding.get("files"):
+        return ""
+    files = encoding["files"]
+    what = files[0] if len(files) == 1 else f"{files[0]} and {len(files) - 1} more"
+    if "tiles" in encoding:
+        what += f" ({encoding['pass']}, tile {encoding['tiles_done']} of {encoding['tiles']})"
+    return what
+
+
 def _finished(state: dict) -> int | None:
     finished = state.get("encoder", {}).get("finished")
     return sum(finished.values()) if isinstance(finished, dict) else None
@@ -168,7 +179,8 @@ def sync(mountpoint: Path, timeout: float | None = None) -> int:
             raise SdfsError(f"{pending} files still pending after {timeout:g} s{why}; run `sdfs sync` again to keep waiting")
         if last_shown is None or interactive or now - last_shown >= 10:
             left = _left(estimate.seconds_left(now, pending, state.get("encoder")))
-            line = f"sdfs sync: {pending} files pending{left}"
+            encoding = describe_encoding(state.get("encoder", {}).get("encoding"))
+            line = f"sdfs sync: {pending} files pending{left}" + (f"; encoding {encoding}" if encoding else "")
             print(line.ljust(79) if interactive else line, end="\r" if interactive else "\n", file=sys.stderr, flush=True)
             last_shown = now
         _sleep(0.5)

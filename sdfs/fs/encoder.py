@@ -40,6 +40,7 @@ class Encoder:
         self._stopping = False
         self._commit_gate = threading.Lock()  # held by each commit; stop() takes it to end them
         self._in_hand = 0
+        self._encoding: dict = {}  # what the batch in hand is, and how far its tiled passes are (state())
         self._names: dict[int, str] = {}
         self._urgent: dict[int, None] = {}  # fsync()ed files, in order of asking
         self._retry_after: dict[int, float] = {}
@@ -100,7 +101,19 @@ class Encoder:
             state["seconds_per_file"] = round(self._pace, 3)
         if started is not None:
             state["batch_seconds"] = round(time.monotonic() - started, 1)
+            encoding = dict(self._encoding)
+            encoding["files"] = [self._path(ino) for ino in encoding.get("inodes", ())]
+            state["encoding"] = encoding
         return state
+
+    def _path(self, ino: int) -> str:
+        """Where a file of the batch in hand is: the name it was written
+        under, or (after a remount) one found in the store, once."""
+        if ino not in self._names:
+            found = self.store.path_of(ino)
+            if found is not None:
+                self._names[ino] = found
+        return self._name(ino)
 
     def remember_name(self, ino: int, path: str) -> None:
         """The path a file was written under, so log lines can name it."""
@@ -136,13 +149,19 @@ class Encoder:
 
     # -- the thread
 
+    def _tile_done(self, pass_name: str, done: int, total: int) -> None:
+        self._encoding = {**self._encoding, "pass": pass_name, "tiles_done": done, "tiles": total}
+
     def _run(self) -> None:
-        with self.codec.vae.background_work():
+        from ..codec.vae import reporting_tiles
+
+        with self.codec.vae.background_work(), reporting_tiles(self._tile_done):
             while not self._stopping:
                 self._wake.clear()  # before looking: a notify from now on is not lost
                 try:
                     batch = self._next_batch()
                     if batch:
+                        self._encoding = {"inodes": list(batch)}
                         self._batch_started, self._in_hand = time.monotonic(), len(batch)
                         try:
                             self._encode(batch)

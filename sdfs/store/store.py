@@ -413,6 +413,36 @@ class Store:
                     entries.append((key[8:], int.from_bytes(value, "big"), mode_of(record, 1)[0] if record else 0))
         return entries
 
+    def path_of(self, ino: int) -> str | None:
+        """A path of ``ino`` ("/a/b.png"), found by reading every name: slow
+        (a second a million names), for messages about a file whose name is
+        not known otherwise (the encoder's, after a remount)."""
+        with self.reading() as txn:
+            wanted = _key(ino)
+            found = next((key for key, value in txn.cursor(db=self.db["dirents"]) if value == wanted), None)
+            if found is None:
+                return None
+            parts, parent = [found[8:]], int.from_bytes(found[:8], "big")
+            while parent != ROOT and len(parts) < 4096:  # a folder's name: among its parent's entries
+                above = txn.get(_key(parent), db=self.db["dirparents"])
+                if above is None:
+                    return None
+                prefix, child = above, _key(parent)
+                cursor = txn.cursor(db=self.db["dirents"])
+                name = None
+                if cursor.set_range(prefix):
+                    for key, value in cursor:
+                        if not key.startswith(prefix):
+                            break
+                        if value == child:
+                            name = key[8:]
+                            break
+                if name is None:
+                    return None
+                parts.append(name)
+                parent = int.from_bytes(above, "big")
+        return "/" + "/".join(os.fsdecode(part) for part in reversed(parts))
+
     def parent_of(self, directory: int) -> int:
         """The directory holding ``directory`` (the root is its own parent)."""
         with self.reading() as txn:

@@ -201,3 +201,43 @@ def test_a_reader_open_before_encoding_keeps_reading_the_original(fs):
     again = fs.open("/a.png", os.O_RDONLY)
     reconstruction = fs.read("/a.png", size + 100, 0, again)
     assert len(reconstruction) == size and reconstruction != image
+
+
+def test_a_stopped_encoder_commits_nothing_its_files_stay_queued(tmp_path, tiny_vae):
+    """stop() does not wait for an encode in progress; whatever that encode
+    gives later is not committed: the file stays pending, bytes unchanged."""
+    held = _HeldCodec(Codec(tiny_vae, quality="high", floor=Floor(0, -1)))
+    store = Store(tmp_path / "store", {"name": "tiny"})
+    encoder = Encoder(store, held)
+    fs = Filesystem(store, held, encoder, cache_bytes=1 << 20)
+    encoder.start()
+    try:
+        image = CANDIDATES["rgb.png"]()
+        fs.release("/a.png", _write(fs, "/a.png", image))
+        ino = fs.resolve("/a.png")
+        assert held.entered.wait(60), "the encoder never took the file"
+        assert encoder.in_hand() == 1 and encoder.state()["encoding"]["files"] == ["/a.png"]
+        assert encoder.stop(timeout=0.2) is False  # still inside the model
+        held.release.set()  # the encode ends now: too late to be committed
+        encoder._thread.join(60)
+        assert not encoder._thread.is_alive()
+        assert store.is_pending(ino) and store.read_raw(ino) == image
+    finally:
+        held.release.set()
+        encoder.stop()
+        store.close()
+
+
+class _HeldCodec:
+    """A codec whose encodes wait until the test lets them go."""
+
+    def __init__(self, codec):
+        self.codec, self.entered, self.release = codec, threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.codec, name)
+
+    def encode_many(self, blobs):
+        self.entered.set()
+        self.release.wait(60)
+        return self.codec.encode_many(blobs)

@@ -118,11 +118,11 @@ def test_a_swap_to_a_reconstruction_of_the_same_length_moves_mtime(store):
     assert store.inode(g.ino).mtime_ns == staged.mtime_ns  # the size tells already: the user's mtime stays
 
 
-def test_path_of_finds_a_files_name_from_its_inode(store):
+def test_paths_of_finds_files_names_from_their_inodes(store):
     albums = store.create(ROOT, b"albums", DIR, 0o40755, 0, 0).ino
     summer = store.create(albums, b"summer \xe9t\xe9", DIR, 0o40755, 0, 0).ino
     photo = store.create(summer, b"a.png", VERBATIM, 0o100644, 0, 0, b"x").ino
     top = store.create(ROOT, b"top.txt", VERBATIM, 0o100644, 0, 0, b"y").ino
-    assert store.path_of(photo) == "/albums/summer \udce9t\udce9/a.png"  # bytes that are no UTF-8 kept, as os.fsdecode does
-    assert store.path_of(top) == "/top.txt" and store.path_of(summer) == "/albums/summer \udce9t\udce9"
-    assert store.path_of(9999) is None
+    found = store.paths_of([photo, top, summer, 9999])
+    assert found == {photo: "/albums/summer \udce9t\udce9/a.png",  # bytes that are no UTF-8 kept (surrogateescape)
+                     top: "/top.txt", summer: "/albums/summer \udce9t\udce9", 9999: None}

@@ -139,7 +139,8 @@ def describe_encoding(encoding: dict | None) -> str:
     """The batch in hand, for people: "/a/big.png (decode, tile 12 of 48)"."""
     if not encoding or not encoding.get("files"):
         return ""
-    files = encoding["files"]
+    # a name that is no UTF-8 keeps its bytes as surrogates: printable as escapes
+    files = [name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") for name in encoding["files"]]
     what = files[0] if len(files) == 1 else f"{files[0]} and {len(files) - 1} more"
     if "tiles" in encoding:
         what += f" ({encoding['pass']}, tile {encoding['tiles_done']} of {encoding['tiles']})"

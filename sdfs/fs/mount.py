@@ -316,12 +316,14 @@ def mount(args) -> int:
         _finish_quietly_on_sigterm()
         log.info("unmounted %s; stopping", mountpoint)
         readiness.stop()
-        in_hand = encoder.in_hand()
         ended = encoder.stop(timeout=STOP_WAIT_S)  # nothing is committed after this
+        in_hand = encoder.in_hand()
         fs.close()
         queued = fs.store.pending_count()
         if ended:
             fs.store.close()
+        else:
+            fs.store.sync()  # what close() would have made durable (the last commits' meta page)
         lock.release()
         left = f"{queued} files stay queued for the next mount" if queued else "nothing left to encode"
         if ended:

@@ -413,35 +413,44 @@ class Store:
                     entries.append((key[8:], int.from_bytes(value, "big"), mode_of(record, 1)[0] if record else 0))
         return entries
 
-    def path_of(self, ino: int) -> str | None:
-        """A path of ``ino`` ("/a/b.png"), found by reading every name: slow
-        (a second a million names), for messages about a file whose name is
-        not known otherwise (the encoder's, after a remount)."""
+    def paths_of(self, inos) -> dict[int, str | None]:
+        """A path of each of ``inos`` ("/a/b.png"; None if it has no name),
+        found by reading every name once: slow (about a second a million
+        names), for messages about files whose names are not known otherwise
+        (the encoder's batch after a remount)."""
+        wanted = {_key(ino): ino for ino in inos}
+        found: dict[int, str | None] = dict.fromkeys(wanted.values())
+        if not wanted:
+            return found
         with self.reading() as txn:
-            wanted = _key(ino)
-            found = next((key for key, value in txn.cursor(db=self.db["dirents"]) if value == wanted), None)
-            if found is None:
+            for key, value in txn.cursor(db=self.db["dirents"]):
+                ino = wanted.pop(value, None)
+                if ino is not None:
+                    found[ino] = self._path_in(txn, [key[8:]], int.from_bytes(key[:8], "big"))
+                    if not wanted:
+                        break
+        return found
+
+    def _path_in(self, txn, parts: list[bytes], parent: int) -> str | None:
+        """``parts`` (names, innermost first) under the folder ``parent``, as a path from the root."""
+        while parent != ROOT:
+            above = txn.get(_key(parent), db=self.db["dirparents"])
+            if above is None or len(parts) > 4096:  # not linked in: no path to show
                 return None
-            parts, parent = [found[8:]], int.from_bytes(found[:8], "big")
-            while parent != ROOT and len(parts) < 4096:  # a folder's name: among its parent's entries
-                above = txn.get(_key(parent), db=self.db["dirparents"])
-                if above is None:
-                    return None
-                prefix, child = above, _key(parent)
-                cursor = txn.cursor(db=self.db["dirents"])
-                name = None
-                if cursor.set_range(prefix):
-                    for key, value in cursor:
-                        if not key.startswith(prefix):
-                            break
-                        if value == child:
-                            name = key[8:]
-                            break
-                if name is None:
-                    return None
-                parts.append(name)
-                parent = int.from_bytes(above, "big")
-        return "/" + "/".join(os.fsdecode(part) for part in reversed(parts))
+            child, name = _key(parent), None
+            cursor = txn.cursor(db=self.db["dirents"])
+            if cursor.set_range(above):  # a folder's name: among its parent's entries
+                for key, value in cursor:
+                    if not key.startswith(above):
+                        break
+                    if value == child:
+                        name = key[8:]
+                        break
+            if name is None:
+                return None
+            parts.append(name)
+            parent = int.from_bytes(above, "big")
+        return "/" + "/".join(part.decode("utf-8", "surrogateescape") for part in reversed(parts))
 
     def parent_of(self, directory: int) -> int:
         """The directory holding ``directory`` (the root is its own parent)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from sdfs.store.lock import wait_until_free
 from tests.images_factory import CANDIDATES
 from tests.mounting import _stale, mounted, wait_encoded, wait_for
 
@@ -341,6 +342,7 @@ def test_a_stop_abandons_a_long_encode_and_the_next_mount_resumes_it(tmp_path, t
         umount = subprocess.run([sys.executable, "-m", "sdfs", "umount", str(mnt)], capture_output=True, text=True,
                                 timeout=60)
         assert umount.returncode == 0, umount.stderr
+        assert wait_until_free(store, 0), "sdfs umount returned before the daemon let go of the store"
         by_umount = _stopped_within(daemon, 10, started)
 
     with mounted(store, mnt, tiny_vae_dir) as daemon:

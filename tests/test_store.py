@@ -126,3 +126,14 @@ def test_paths_of_finds_files_names_from_their_inodes(store):
     found = store.paths_of([photo, top, summer, 9999])
     assert found == {photo: "/albums/summer \udce9t\udce9/a.png",  # bytes that are no UTF-8 kept (surrogateescape)
                      top: "/top.txt", summer: "/albums/summer \udce9t\udce9", 9999: None}
+
+
+def test_wait_until_free_sees_a_held_lock_without_taking_it(tmp_path):
+    from sdfs.store.lock import LOCK_NAME, StoreLock, wait_until_free
+
+    held = StoreLock(tmp_path, "the mount at /mnt").acquire()
+    assert wait_until_free(tmp_path, 0.2) is False
+    assert (tmp_path / LOCK_NAME).read_text().endswith("(the mount at /mnt)\n")  # untouched by the look
+    held.release()
+    assert wait_until_free(tmp_path, 0) is True
+    assert wait_until_free(tmp_path / "no-store", 0) is True

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..errors import SdfsError
 from ..service import notify
-from ..store.lock import StoreLock
+from ..store.lock import StoreLock, wait_until_free
 from .binding import require_libfuse
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 # what libfuse 3 (3.12 to 3.14) prints at every start because mfusepy leaves
 # its loop configuration at the defaults: noise, not a problem, so kept out of the log
 _LIBFUSE_NOISE = ("Ignoring invalid max threads value",)
+UMOUNT_WAIT_S = 30  # `sdfs umount` waits this long for the daemon to let go of the store
 STOP_WAIT_S = 3  # a stop waits this long for the encoder to end by itself (a commit in progress), then leaves it
 
 
@@ -52,7 +53,7 @@ def unmount(mountpoint: str | os.PathLike, lazy: bool = False) -> None:
 def umount_command(mountpoint: Path) -> None:
     """`sdfs umount`: what is not an sdfs mount is refused in sdfs's words
     (fusermount only says "Invalid argument")."""
-    from .control import FSTYPE, mount_type
+    from .control import FSTYPE, mount_type, store_of
 
     try:
         os.stat(mountpoint)
@@ -69,7 +70,13 @@ def umount_command(mountpoint: Path) -> None:
         raise SdfsError(f"{mountpoint} is not mounted; nothing to unmount (`findmnt -t {FSTYPE}` lists sdfs mounts)")
     if kind != FSTYPE:
         raise SdfsError(f"{mountpoint} is a {kind} mount, not an sdfs one; unmount it with umount")
+    store = store_of(mountpoint)
     unmount(mountpoint)
+    # the daemon stops after the unmount: done once it lets go of the store,
+    # so `sdfs umount X && sdfs fsck --repair STORE` finds the store free
+    if store is not None and not wait_until_free(store, UMOUNT_WAIT_S):
+        log.warning("%s is unmounted, but its daemon is still stopping after %d s and holds the store %s",
+                    mountpoint, UMOUNT_WAIT_S, store)
 
 
 def clear_stale(mountpoint: Path) -> None:

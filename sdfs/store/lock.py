@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import time
 from pathlib import Path
 
 from .store import StoreError
@@ -72,3 +73,26 @@ class StoreLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def wait_until_free(store_path: str | os.PathLike, timeout: float) -> bool:
+    """Whether the store's lock is free within ``timeout`` seconds (its
+    holder, a stopping mount, has let go). Looks with a shared flock, held
+    for no time and writing nothing; a lock it cannot open counts as free."""
+    path = Path(store_path) / LOCK_NAME
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)  # drops the shared flock, if it was taken
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)

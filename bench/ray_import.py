@@ -67,17 +67,17 @@ class InstantEncoder:
     file at once, no model; what is left is Ray's transport and the driver."""
 
     def __init__(self, model: str, record_bytes: int):
-        self.model, self.record = model, os.urandom(record_bytes)
-
-    def __call__(self, rows: dict) -> dict:
         from sdfs.cluster import RayEncoder
 
+        self.model, self.record, self.columns = model, os.urandom(record_bytes), RayEncoder.COLUMNS
+
+    def __call__(self, rows: dict) -> dict:
         keys = [int(k) for group in rows["keys"] for k in group]
         n = len(keys)
         values = dict(key=keys, verdict=["keep latent: a stand-in"] * n, record=[self.record] * n, latent=[True] * n,
                       output_length=[786_000] * n, log_level=[20] * n, original=[b""] * n, size=[len(self.record)] * n,
                       error=[""] * n, codec_failed=[False] * n, model=[self.model] * n, worker=["bench"] * n)
-        return {name: values[name] for name in RayEncoder.COLUMNS}
+        return {name: values[name] for name in self.columns}
 
 
 def driver_rate(work: Path, files: int, batch: int, record_bytes: int = 5000) -> dict:

@@ -48,7 +48,6 @@ BLOCK_FILES = 256  # files in a block of work that Ray carries (see blocks)
 BLOCKS_PER_ACTOR = 4  # at least, where there are enough files: no actor idles while another has a long queue
 BLOCK_BYTES = 64 << 20  # and their bytes, read whole, unless one batch alone is larger
 INIT_DEATHS_TOLERATED = 5  # actors that crash while loading the model (out of memory, say), in a row, before giving up
-_ENCODER_CLASS = "RayEncoder"
 
 
 def require_ray():
@@ -229,8 +228,7 @@ def connected(address: str, verbose: int):
     except (ConnectionError, RuntimeError, ValueError) as error:
         if reaper is not None:
             reaper.stdin.close()
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise SdfsError(f"cannot join the Ray cluster at {address}: {first}; start one with `ray start --head` "
+        raise SdfsError(f"cannot join the Ray cluster at {address}: {_first_line(error)}; start one with `ray start --head` "
                         f"on its head node, or give --ray without an address for a local one") from None
     from ray.data import DataContext
 
@@ -270,7 +268,7 @@ def live_actors(ray) -> int | None:
 
         job = ray.get_runtime_context().get_job_id()
         return sum(1 for actor in state.actors().values()
-                   if actor.get("State") == "ALIVE" and _ENCODER_CLASS in str(actor.get("ActorClassName"))
+                   if actor.get("State") == "ALIVE" and RayEncoder.__name__ in str(actor.get("ActorClassName"))
                    and actor.get("JobID") == job)
     except Exception:  # a private API: the count is a nicety, never a failure
         return None

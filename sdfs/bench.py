@@ -24,7 +24,8 @@ import torch
 from PIL import Image
 
 from .codec import latents
-from .codec.images import plan_output_length, probe
+from .codec.images import probe
+from .codec.output import plan_output
 from .codec.codec import Codec
 from .codec.guard import Floor, measure, ms_ssim
 from .codec.random_models import save_random_vae
@@ -110,13 +111,15 @@ def record_for_size(vae: Vae, source, payload: bytes, tiling, quality: str) -> b
     from .codec.container import Measurement, Record
     from .codec.guard import Fidelity
 
+    plan, _ = plan_output(source.spec, source.pixels, source.alpha)
     record = Record(
         model=vae.identity,
         encode_dtype=vae.dtype_name,
         spec=source.spec,
         tiling=tiling,
         quality=quality,
-        output_length=plan_output_length(source.spec, source.pixels, source.alpha),
+        output_length=plan.length,
+        output_coding=plan.coding,
         latent=payload,
         measurements=(Measurement("full", vae.identity.weights_sha256, Fidelity(0.0, 0.0)),),
     )

@@ -19,6 +19,7 @@ def _record(**changes) -> Record:
         tiling=Tiling(64, 8, 16384),
         quality="compact",
         output_length=123_456,
+        output_coding="jpeg",
         latent=b"latent-bytes",
         alpha=b"",
         measurements=(Measurement("full", b"12345678", Fidelity(25.5, 0.75)),),
@@ -32,7 +33,8 @@ def test_round_trip_keeps_every_field():
     assert restored.model.scaling_factor == pytest.approx(0.18215)
     assert dataclasses.replace(restored, model=record.model, measurements=record.measurements) == record
     assert restored.measurements[0].fidelity.psnr == pytest.approx(25.5)
-    png = _record(spec=OutputSpec("PNG", "LA", 3, 2, b""), alpha=b"\x01\x02", keep_latent=False)
+    png = _record(spec=OutputSpec("PNG", "LA", 3, 2, b""), output_coding="png-deflate", alpha=b"\x01\x02",
+                  keep_latent=False)
     assert container.unpack(container.pack(png)).spec == png.spec
     assert not container.unpack(container.pack(png)).keep_latent
 
@@ -76,6 +78,8 @@ def test_not_a_record():
         (dict(spec=OutputSpec("PNG", "RGBA", 8, 8, b"")), "without an alpha plane"),
         (dict(spec=OutputSpec("PNG", "RGB", 70000, 70000, b"")), "image size"),
         (dict(spec=OutputSpec("JPEG", "RGB", 8, 8, b"", (bytes(64),) * 5, 2)), "quantization tables"),
+        (dict(output_coding="png-deflate"), "JPEG written as png-deflate"),
+        (dict(spec=OutputSpec("PNG", "RGB", 8, 8, b""), output_coding="jpeg"), "PNG written as jpeg"),
     ],
 )
 def test_records_with_a_valid_checksum_but_contradictory_fields_are_refused(changes, reason):
@@ -92,3 +96,30 @@ def test_unknown_flags_are_refused():
 
     with pytest.raises(RecordError, match="unknown flags"):
         container.unpack(body + zlib.crc32(body).to_bytes(4, "little"))
+
+
+def _as_version_1(record: Record) -> bytes:
+    """The record as sdfs wrote it before output codings: version 1, and no
+    coding byte after the output length."""
+    import zlib
+
+    from sdfs.codec.binary import Writer
+
+    body = bytearray(container.pack(record)[:-4])
+    length_then_coding = Writer().varint(record.output_length).getvalue() + bytes(
+        [container.OUTPUT_CODINGS[record.output_coding]])
+    assert body.count(length_then_coding) == 1
+    del body[body.index(length_then_coding) + len(length_then_coding) - 1]
+    body[4] = 1
+    return bytes(body) + zlib.crc32(body).to_bytes(4, "little")
+
+
+@pytest.mark.parametrize("fmt, coding", [("PNG", "png-stored"), ("JPEG", "jpeg")])
+def test_version_1_records_are_read_with_the_coding_they_were_written_with(fmt, coding):
+    spec = OutputSpec(fmt, "RGB", 768, 512, b"", (bytes(64),) if fmt == "JPEG" else (), 2)
+    record = _record(spec=spec, output_coding=coding)
+    old = _as_version_1(record)
+    assert old[4] == 1 and len(old) == len(container.pack(record)) - 1
+    restored = container.unpack(old)
+    assert restored.output_coding == coding and restored.output_plan.length == 123_456
+    assert dataclasses.replace(restored, model=record.model, measurements=record.measurements) == record

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import NotACandidate, SdfsError
-from . import container, guard, images, latents
+from . import container, guard, images, latents, output
 from .container import Measurement, Record
 from .guard import Fidelity, Floor, Verdict
 from .images import SourceImage
@@ -55,9 +55,13 @@ def to_mode(rgb: np.ndarray, mode: str) -> np.ndarray:
     return rgb
 
 
-def _served_pixels(output: bytes, spec) -> np.ndarray:
-    """The colour planes a reader gets from the output bytes (JPEG is lossy)."""
-    with Image.open(io.BytesIO(output)) as im:
+def _served_pixels(output_bytes: bytes, spec, pixels: np.ndarray) -> np.ndarray:
+    """The colour planes a reader gets from the output bytes: ``pixels``
+    themselves for a PNG (written losslessly, and the first output is never
+    coarsened: it is what the length was planned from), decoded for a JPEG."""
+    if spec.format == "PNG":
+        return pixels
+    with Image.open(io.BytesIO(output_bytes)) as im:
         array = np.asarray(im.convert("L" if spec.mode in ("L", "LA") else "RGB"))
     return array if array.ndim == 3 else array[..., None]
 
@@ -124,16 +128,16 @@ class Codec:
     def _finish(self, data: bytes, source: SourceImage, payload: bytes, tiling, rgb: np.ndarray) -> EncodeResult:
         spec = source.spec
         pixels = to_mode(rgb, spec.mode)
-        length = images.plan_output_length(spec, pixels, source.alpha)
-        output = images.render_output(spec, pixels, source.alpha, length)
-        fidelity = guard.measure(source.pixels, _served_pixels(output, spec))
+        plan, first_output = output.plan_output(spec, pixels, source.alpha)
+        fidelity = guard.measure(source.pixels, _served_pixels(first_output, spec, pixels))
         record = Record(
             model=self.vae.identity,
             encode_dtype=self.vae.dtype_name,
             spec=spec,
             tiling=tiling,
             quality=self.quality,
-            output_length=length,
+            output_length=plan.length,
+            output_coding=plan.coding,
             latent=payload,
             alpha=b"" if source.alpha is None else latents.encode_plane(source.alpha),
             measurements=(Measurement(self.decoder, self._decoder_hash(), fidelity),),
@@ -143,7 +147,7 @@ class Codec:
         if not verdict.keep_latent:
             # the flag is one byte inside the checksummed body, so pack again
             packed = container.pack(dataclasses.replace(record, keep_latent=False))
-        return EncodeResult(packed, verdict, fidelity, length, len(data), spec.width * spec.height)
+        return EncodeResult(packed, verdict, fidelity, plan.length, len(data), spec.width * spec.height)
 
     def _decoder_hash(self) -> bytes:
         if self.decoder == "tiny":
@@ -187,7 +191,7 @@ class Codec:
             record = ready[index][0]
             try:
                 alpha = latents.decode_plane(record.alpha, spec.height, spec.width) if record.alpha else None
-                results[index] = images.render_output(spec, to_mode(rgb, spec.mode), alpha, record.output_length)
+                results[index] = output.render_output(spec, to_mode(rgb, spec.mode), alpha, record.output_plan)
             except SdfsError as error:
                 results[index] = _detached(error)
         return results

@@ -16,9 +16,11 @@ from .binary import Reader, Writer
 from .fidelity import Fidelity
 from .images import OutputSpec
 from .identity import ModelIdentity, Tiling
+from .output import CODINGS, JPEG, PNG_DEFLATE, PNG_STORED, OutputPlan
 
 MAGIC = b"SDFS"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 has no output coding: its PNGs are all png-stored
 MAX_PIXELS = 1 << 30  # a record claiming more is corrupt or hostile, not a photo
 
 FORMATS = {"PNG": 1, "JPEG": 2}
@@ -26,6 +28,8 @@ MODES = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
 DTYPES = {"float32": 1, "float16": 2, "bfloat16": 3}
 DECODERS = {"full": 1, "tiny": 2}
 QUALITY_IDS = {"high": 1, "medium": 2, "compact": 3, "low": 4}
+OUTPUT_CODINGS = {PNG_STORED: 1, PNG_DEFLATE: 2, JPEG: 3}
+_VERSION_1_CODING = {"PNG": PNG_STORED, "JPEG": JPEG}
 _FLAG_KEEP_LATENT = 1
 
 
@@ -53,6 +57,7 @@ class Record:
     tiling: Tiling
     quality: str
     output_length: int
+    output_coding: str  # how outputs are written: output.CODINGS
     latent: bytes  # latents.encode_latent output
     alpha: bytes = b""  # latents-style plane coding of the alpha channel, empty when none
     keep_latent: bool = True
@@ -60,6 +65,10 @@ class Record:
 
     def measurement_for(self, decoder: str) -> Measurement | None:
         return next((m for m in self.measurements if m.decoder == decoder), None)
+
+    @property
+    def output_plan(self) -> OutputPlan:
+        return OutputPlan(self.output_coding, self.output_length)
 
 
 def pack(record: Record) -> bytes:
@@ -71,7 +80,7 @@ def pack(record: Record) -> bytes:
     w.u8(FORMATS[spec.format]).u8(MODES[spec.mode]).varint(spec.width).varint(spec.height)
     w.varint(record.tiling.tile).varint(record.tiling.overlap).varint(record.tiling.stats)
     w.u8(QUALITY_IDS[record.quality])
-    w.varint(record.output_length)
+    w.varint(record.output_length).u8(OUTPUT_CODINGS[record.output_coding])
     w.u8(len(spec.jpeg_qtables))
     for table in spec.jpeg_qtables:
         w.blob(table)
@@ -95,19 +104,21 @@ def unpack(data: bytes) -> Record:
     version = data[4]
     body, stored_crc = data[:-4], int.from_bytes(data[-4:], "little")
     intact = zlib.crc32(body) == stored_crc
-    if version != VERSION:
+    if version not in READABLE_VERSIONS:
         damage = "" if intact else " (or the record is corrupt)"
-        raise RecordError(f"record format version {version} is not supported{damage}; this sdfs reads version {VERSION}")
+        readable = " and ".join(map(str, READABLE_VERSIONS))
+        raise RecordError(f"record format version {version} is not supported{damage}; "
+                          f"this sdfs reads versions {readable}: upgrade sdfs")
     if not intact:
         raise RecordError("record checksum mismatch: the record is corrupt or truncated")
-    record = _read_fields(Reader(body))
+    record = _read_fields(Reader(body), version)
     problem = _inconsistency(record)
     if problem:
         raise RecordError(f"record is inconsistent: {problem}")
     return record
 
 
-def _read_fields(r: Reader) -> Record:
+def _read_fields(r: Reader, version: int) -> Record:
     r.raw(5, "magic and version")
     flags = r.u8("flags")
     if flags & ~_FLAG_KEEP_LATENT:
@@ -126,6 +137,8 @@ def _read_fields(r: Reader) -> Record:
     tiling = Tiling(r.varint("tile"), r.varint("overlap"), r.varint("statistics budget"))
     quality = _lookup(QUALITY_IDS, r.u8("quality"), "quality")
     output_length = r.varint("output length")
+    output_coding = (_lookup(OUTPUT_CODINGS, r.u8("output coding"), "output coding") if version >= 2
+                     else _VERSION_1_CODING[image_format])
     qtables = tuple(r.blob("jpeg qtable") for _ in range(r.u8("jpeg qtable count")))
     subsampling = r.u8("jpeg subsampling")
     spec = OutputSpec(
@@ -155,6 +168,7 @@ def _read_fields(r: Reader) -> Record:
         tiling=tiling,
         quality=quality,
         output_length=output_length,
+        output_coding=output_coding,
         latent=latent,
         alpha=alpha,
         keep_latent=bool(flags & _FLAG_KEEP_LATENT),
@@ -176,6 +190,8 @@ def _inconsistency(record: Record) -> str | None:
         return "malformed JPEG quantization tables"
     if spec.format == "PNG" and spec.jpeg_qtables:
         return "PNG with JPEG tables"
+    if record.output_coding not in CODINGS[spec.format]:
+        return f"{spec.format} written as {record.output_coding}"
     if record.model.spatial_factor < 1 or record.model.latent_channels < 1:
         return "model with no latent space"
     return record.tiling.problem()

@@ -1,19 +1,12 @@
-"""Safe decoding of input images and fixed-length encoding of reconstructions.
+"""Safe decoding of input images.
 
-Two halves:
-
-* :func:`probe` judges raw bytes by content and either returns a
-  :class:`SourceImage` (8-bit PNG or JPEG that can round-trip through latents)
-  or raises :class:`~sdfs.errors.NotACandidate` with a one-line reason.  It never
-  raises anything else, and it checks structure and header dimensions before
-  Pillow decodes a single pixel, so hostile input costs neither time nor memory.
-
-* :func:`plan_output_length` / :func:`render_output` re-create a file of the
-  source's kind whose byte length is fixed at encode time.  The neural decoder
-  may differ by a level or so between devices, yet the filesystem reports
-  ``st_size`` before decoding, so the length must not depend on pixel values:
-  PNG output uses stored (uncompressed) deflate blocks, JPEG output is padded
-  with COM segments up to a planned length that includes some headroom.
+:func:`probe` judges raw bytes by content and either returns a
+:class:`SourceImage` (8-bit PNG or JPEG that can round-trip through latents) or
+raises :class:`~sdfs.errors.NotACandidate` with a one-line reason.  It never
+raises anything else, and it checks structure and header dimensions before
+Pillow decodes a single pixel, so hostile input costs neither time nor memory.
+:func:`screen` judges a file by its first bytes and size, before it is read
+whole.  Writing reconstructions back as files is :mod:`sdfs.codec.output`'s job.
 """
 
 from __future__ import annotations
@@ -26,9 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, JpegImagePlugin, PngImagePlugin
-from PIL.JpegPresets import presets as _JPEG_PRESETS
 
-from sdfs.errors import NotACandidate, OutputEncodingError
+from sdfs.errors import NotACandidate
 
 DEFAULT_MAX_PIXELS = 50_000_000
 
@@ -491,202 +483,3 @@ def _pack_qtable(table) -> bytes:
     if values.max() <= 255:
         return values.astype(np.uint8).tobytes()
     return values.astype(">u2").tobytes()
-
-
-# --------------------------------------------------------------------------
-# fixed-length output
-# --------------------------------------------------------------------------
-
-
-def plan_output_length(spec: OutputSpec, pixels: np.ndarray, alpha: np.ndarray | None) -> int:
-    """The byte length every later :func:`render_output` of this image must hit."""
-    pixels, alpha = _check_planes(spec, pixels, alpha)
-    if spec.format == "PNG":
-        return _png_length(spec)
-    natural = len(_jpeg_head(spec)) + len(_jpeg_body(spec, pixels, _base_qtables(spec)))
-    return natural + max(_JPEG_MIN_HEADROOM, natural // _JPEG_HEADROOM_DIVISOR)
-
-
-def render_output(
-    spec: OutputSpec, pixels: np.ndarray, alpha: np.ndarray | None, length: int
-) -> bytes:
-    """Encode the planes as a valid file of exactly ``length`` bytes.
-
-    Raises OutputEncodingError if that is impossible (wrong planes for the
-    spec, a PNG length other than the planned one, or a JPEG that will not fit
-    even after re-encoding at lower quality).
-    """
-    pixels, alpha = _check_planes(spec, pixels, alpha)
-    if spec.format == "PNG":
-        out = _render_png(spec, pixels, alpha, length)
-    else:
-        out = _render_jpeg(spec, pixels, length)
-    if len(out) != length:  # guards the length arithmetic; cheap
-        raise OutputEncodingError(f"internal error: encoded {len(out)} bytes, not {length}")
-    return out
-
-
-def _check_planes(
-    spec: OutputSpec, pixels: np.ndarray, alpha: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Validate planes against the spec; return them as uint8 arrays."""
-    formats = {"PNG": ("L", "RGB", "LA", "RGBA"), "JPEG": ("L", "RGB")}
-    if spec.mode not in formats.get(spec.format, ()):
-        raise OutputEncodingError(f"cannot write a {spec.format} image in mode {spec.mode}")
-    pixels = np.asarray(pixels)
-    colour = 1 if spec.mode in ("L", "LA") else 3
-    if pixels.dtype != np.uint8 or pixels.shape != (spec.height, spec.width, colour):
-        raise OutputEncodingError(
-            f"pixels must be uint8 {(spec.height, spec.width, colour)}, "
-            f"got {pixels.dtype} {pixels.shape}"
-        )
-    wants_alpha = spec.mode.endswith("A")
-    if wants_alpha != (alpha is not None):
-        raise OutputEncodingError(f"mode {spec.mode} {'needs' if wants_alpha else 'has no'} alpha")
-    if alpha is not None:
-        alpha = np.asarray(alpha)
-        if alpha.dtype != np.uint8 or alpha.shape != (spec.height, spec.width):
-            raise OutputEncodingError(
-                f"alpha must be uint8 {(spec.height, spec.width)}, got {alpha.dtype} {alpha.shape}"
-            )
-    return pixels, alpha
-
-
-# ---- PNG: stored deflate, so the length is pure arithmetic -----------------
-
-_STORED_MAX = 65535  # largest stored deflate block
-_IDAT_MAX = 1 << 20  # IDAT payload size; any value works, this keeps chunks modest
-_ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, no dictionary, "fastest"
-
-
-def _png_length(spec: OutputSpec) -> int:
-    raw = spec.height * (1 + spec.width * _CHANNELS[spec.mode])
-    stream = len(_ZLIB_HEADER) + raw + 5 * _ceil_div(raw, _STORED_MAX) + 4
-    idat_overhead = 12 * _ceil_div(stream, _IDAT_MAX)  # length, type, CRC per chunk
-    ihdr, iend = 12 + 13, 12
-    return len(_PNG_SIGNATURE) + ihdr + len(spec.metadata) + stream + idat_overhead + iend
-
-
-def _render_png(
-    spec: OutputSpec, pixels: np.ndarray, alpha: np.ndarray | None, length: int
-) -> bytes:
-    expected = _png_length(spec)
-    if length != expected:
-        raise OutputEncodingError(
-            f"this PNG always encodes to {expected} bytes, but {length} were recorded"
-        )
-    channels, colour = _CHANNELS[spec.mode], pixels.shape[2]
-    rows = np.empty((spec.height, 1 + spec.width * channels), np.uint8)
-    rows[:, 0] = 0  # filter type None
-    samples = rows[:, 1:].reshape(spec.height, spec.width, channels)  # a view into rows
-    samples[:, :, :colour] = pixels
-    if alpha is not None:
-        samples[:, :, colour] = alpha
-    stream = memoryview(_stored_zlib(memoryview(rows.reshape(-1))))
-
-    colour_type = {"L": 0, "RGB": 2, "LA": 4, "RGBA": 6}[spec.mode]
-    ihdr = struct.pack(">IIBBBBB", spec.width, spec.height, 8, colour_type, 0, 0, 0)
-    pieces = [_PNG_SIGNATURE, *_png_chunk(b"IHDR", ihdr), spec.metadata]
-    for start in range(0, len(stream), _IDAT_MAX):
-        pieces += _png_chunk(b"IDAT", stream[start : start + _IDAT_MAX])
-    pieces += _png_chunk(b"IEND", b"")
-    return b"".join(pieces)
-
-
-def _stored_zlib(raw: memoryview) -> bytes:
-    """A zlib stream of stored blocks, written by hand so its size is fixed
-    (zlib.compress(level=0) splits blocks as an implementation detail)."""
-    pieces = [_ZLIB_HEADER]
-    for start in range(0, len(raw), _STORED_MAX):
-        block = raw[start : start + _STORED_MAX]
-        final = start + _STORED_MAX >= len(raw)
-        pieces += (struct.pack("<BHH", final, len(block), len(block) ^ 0xFFFF), block)
-    pieces.append(struct.pack(">I", zlib.adler32(raw)))
-    return b"".join(pieces)
-
-
-def _png_chunk(ctype: bytes, payload) -> list:
-    """A chunk as pieces (header, payload, CRC) so callers join once."""
-    crc = zlib.crc32(payload, zlib.crc32(ctype))
-    return [struct.pack(">I", len(payload)) + ctype, payload, struct.pack(">I", crc)]
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-# ---- JPEG: natural encode plus COM padding ---------------------------------
-
-_JPEG_MIN_HEADROOM = 64
-_JPEG_HEADROOM_DIVISOR = 50  # 2 % of the natural size
-_JPEG_MAX_NOTCHES = 20  # 1.1 ** 20 ~ 6.7x coarser tables at worst
-_COM_MIN, _COM_MAX = 4, 4 + 65533  # segment bytes: FF FE, length, payload
-_PAD_TAG = b"sdfs-pad"
-# Tables for a JPEG spec that carries none (e.g. a lossless JPEG source).
-_DEFAULT_QTABLES = _JPEG_PRESETS["web_very_high"]["quantization"]
-
-
-def _render_jpeg(spec: OutputSpec, pixels: np.ndarray, length: int) -> bytes:
-    head = _jpeg_head(spec)
-    tables = _base_qtables(spec)
-    for _ in range(_JPEG_MAX_NOTCHES + 1):
-        body = _jpeg_body(spec, pixels, tables)
-        pad = length - len(head) - len(body)
-        if pad == 0 or pad >= _COM_MIN:
-            return b"".join([head, *_com_padding(pad), body])
-        coarser = _notch_lower(tables)  # too big, or 1..3 bytes short of a COM
-        if all(np.array_equal(old, new) for old, new in zip(tables, coarser)):
-            break  # already as coarse as baseline tables go
-        tables = coarser
-    raise OutputEncodingError(
-        f"the JPEG reconstruction does not fit its recorded {length} bytes "
-        "even at reduced quality"
-    )
-
-
-def _jpeg_head(spec: OutputSpec) -> bytes:
-    return b"\xff\xd8" + spec.metadata
-
-
-def _jpeg_body(spec: OutputSpec, pixels: np.ndarray, tables: list[np.ndarray]) -> bytes:
-    """Pillow's sequential encoding from its first non-APPn/COM segment (DQT...)."""
-    image = Image.fromarray(pixels[:, :, 0] if spec.mode == "L" else pixels)
-    options = {"qtables": [t.tolist() for t in tables], "optimize": False, "progressive": False}
-    if spec.mode == "RGB":
-        options["subsampling"] = spec.jpeg_subsampling if spec.jpeg_subsampling in (0, 1, 2) else 2
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", **options)
-    encoded = buffer.getvalue()
-    pos = 2  # after SOI; skip Pillow's JFIF (and any other) header segments
-    while encoded[pos + 1] in _APP_MARKERS or encoded[pos + 1] == _COM:
-        pos += 2 + ((encoded[pos + 2] << 8) | encoded[pos + 3])
-    return encoded[pos:]
-
-
-def _base_qtables(spec: OutputSpec) -> list[np.ndarray]:
-    if not spec.jpeg_qtables:
-        return [np.asarray(t, np.int64) for t in _DEFAULT_QTABLES]
-    tables = []
-    for packed in spec.jpeg_qtables:
-        if len(packed) not in (64, 128):
-            raise OutputEncodingError("JPEG spec holds a malformed quantization table")
-        dtype = np.uint8 if len(packed) == 64 else ">u2"
-        tables.append(np.frombuffer(packed, dtype).astype(np.int64))
-    return tables
-
-
-def _notch_lower(tables: list[np.ndarray]) -> list[np.ndarray]:
-    """Coarser tables: each entry x1.1 rounded up (integer maths: no 11.000001),
-    capped at 255 to stay baseline, but never below its current value (a
-    16-bit table's entries above 255 must not get finer)."""
-    return [np.clip((t * 11 + 9) // 10, 1, np.maximum(t, 255)) for t in tables]
-
-
-def _com_padding(pad: int) -> list[bytes]:
-    """``pad`` bytes (0 or >= 4) of COM segments, split evenly below 64 KiB each."""
-    if pad == 0:
-        return []
-    count = _ceil_div(pad, _COM_MAX)
-    sizes = [pad // count + (i < pad % count) for i in range(count)]
-    filler = _PAD_TAG + bytes(_COM_MAX)
-    return [b"\xff\xfe" + struct.pack(">H", n - 2) + filler[: n - 4] for n in sizes]

@@ -1,16 +1,22 @@
 """The filesystem's logic driven directly, without mounting."""
 
 import errno
+import io
 import os
 import threading
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from sdfs.codec import container
 from sdfs.codec.codec import Codec
 from sdfs.codec.guard import Floor
+from sdfs.codec.vae import Vae
 from sdfs.fs.encoder import Encoder
 from sdfs.fs.filesystem import Filesystem
 from sdfs.store import Store
+from tests.conftest import kodak_image
 from tests.images_factory import CANDIDATES
 
 
@@ -216,11 +222,12 @@ def test_a_stopped_encoder_commits_nothing_its_files_stay_queued(tmp_path, tiny_
         fs.release("/a.png", _write(fs, "/a.png", image))
         ino = fs.resolve("/a.png")
         assert held.entered.wait(60), "the encoder never took the file"
-        assert encoder.in_hand() == 1 and encoder.state()["encoding"]["files"] == ["/a.png"]
+        assert encoder.in_hand() == 1 and [batch["files"] for batch in encoder.state()["encoding"]] == [["/a.png"]]
         assert encoder.stop(timeout=0.2) is False  # still inside the model
         held.release.set()  # the encode ends now: too late to be committed
-        encoder._thread.join(60)
-        assert not encoder._thread.is_alive()
+        for thread in encoder._threads:
+            thread.join(60)
+        assert not any(thread.is_alive() for thread in encoder._threads)
         assert store.is_pending(ino) and store.read_raw(ino) == image
     finally:
         held.release.set()
@@ -241,3 +248,48 @@ class _HeldCodec:
         self.entered.set()
         self.release.wait(60)
         return self.codec.encode_many(blobs)
+
+
+def test_small_files_are_encoded_while_a_big_image_is_in_its_own_lane(tmp_path, tiny_vae_dir):
+    """One big image written first, then 20 small ones: the big one goes to
+    its own lane, and the small ones are all encoded before it is done (one
+    lane would have kept them all waiting behind it, in inode order)."""
+    import time
+
+    vae = Vae.load(str(tiny_vae_dir), device="cpu", max_untiled_latent=40 * 40, tile_latent=16, overlap_latent=4)
+    codec = Codec(vae, quality="high", floor=Floor(0, -1))
+    store = Store(tmp_path / "store", {"name": "tiny"})
+    encoder = Encoder(store, codec)
+    fs = Filesystem(store, codec, encoder, cache_bytes=1 << 20)
+    settled, passes, encode_many = {}, [], codec.encode_many
+    original_settled = encoder.settled
+
+    def noting(ino, outcome, path=None):
+        settled[ino] = time.monotonic()
+        original_settled(ino, outcome, path)
+
+    def counting(datas):
+        passes.append((time.monotonic(), [len(d) for d in datas]))
+        return encode_many(datas)
+
+    encoder.settled, codec.encode_many = noting, counting
+    big = io.BytesIO()
+    Image.fromarray(np.tile(kodak_image(8)[:256, :256], (2, 2, 1))).save(big, "PNG")  # 512x512: 484 tiles a pass
+    try:
+        fs.release("/big.png", _write(fs, "/big.png", big.getvalue()))
+        small = CANDIDATES["rgb.png"]()  # 96x64: untiled
+        for index in range(20):
+            fs.release(f"/small{index}.png", _write(fs, f"/small{index}.png", small))
+        encoder.start()
+        big_ino = fs.resolve("/big.png")
+        small_inos = [fs.resolve(f"/small{index}.png") for index in range(20)]
+        assert encoder.wait_idle(timeout=600)
+        assert set(settled) == {big_ino, *small_inos}
+        assert max(settled[ino] for ino in small_inos) < settled[big_ino]
+        big_started = next(at for at, sizes in passes if sizes == [len(big.getvalue())])
+        assert big_started < max(settled[ino] for ino in small_inos)  # it ran beside them, not after
+        assert container.unpack(store.record(big_ino)).tiling.enabled
+        assert fs.getxattr("/big.png", "user.sdfs.kind") == b"latent"
+    finally:
+        encoder.stop()
+        store.close()

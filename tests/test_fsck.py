@@ -362,14 +362,17 @@ def test_decode_checks_every_record(built, tiny_vae, tiny_vae_dir, capsys):
 
     # A record whose recorded output length is wrong yet self-consistent (its
     # checksum recomputed, the inode's size and stored matching it): only a
-    # decode can tell, because the PNG it renders cannot have that length.
+    # decode can tell, because the PNG it renders cannot have that length
+    # (64 bytes: not even its frame and one row fit, whatever bits are cleared).
+    forged_length = 64
+
     def tamper(store, txn):
         ino = _lookup_txn(store, txn, "photo.png")
         record = container.unpack(txn.get(_key(ino), db=store.db["records"]))
-        forged = container.pack(dataclasses.replace(record, output_length=record.output_length + 10))
+        forged = container.pack(dataclasses.replace(record, output_length=forged_length))
         txn.put(_key(ino), forged, db=store.db["records"])
         inode = Inode.unpack(ino, txn.get(_key(ino), db=store.db["inodes"]))
-        txn.put(_key(ino), dataclasses.replace(inode, size=record.output_length + 10, stored=len(forged)).pack(),
+        txn.put(_key(ino), dataclasses.replace(inode, size=forged_length, stored=len(forged)).pack(),
                 db=store.db["inodes"])
         return ino
 

@@ -370,3 +370,27 @@ def test_a_latent_rewritten_between_inode_and_record_is_looked_at_again(fs, monk
     assert fs.getxattr("/a.png", "user.sdfs.kind") == b"latent"
     content = _read_all(fs, "/a.png")
     assert not any(gone.values()) and len(content) == fs.getattr("/a.png")["st_size"]
+
+
+def test_priority_lock_takes_turns_among_background_threads():
+    """Two encoder lanes share the model: one that gives it back and asks
+    again at once (a big image between tiles) queues behind the other."""
+    import time
+
+    lock, order = PriorityLock(), []
+
+    def lane(name):
+        with lock.background():
+            for _ in range(4):
+                with lock:
+                    order.append(name)
+                    time.sleep(0.01)
+
+    lanes = [threading.Thread(target=lane, args=(name,)) for name in "ab"]
+    with lock:  # held until both lanes wait
+        for thread in lanes:
+            thread.start()
+        threading.Event().wait(0.2)
+    for thread in lanes:
+        thread.join()
+    assert len(order) == 8 and all(first != second for first, second in zip(order, order[1:])), order

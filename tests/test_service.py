@@ -328,9 +328,10 @@ def test_a_stop_abandons_a_long_encode_and_the_next_mount_resumes_it(tmp_path, t
         # what is being encoded, and how far along: the mount's figures, `sdfs sync` and `sdfs stats`
         from sdfs.fs.control import daemon_state
 
-        wait_for(lambda: "tiles" in daemon_state(mnt)["encoder"]["encoding"], 60, "tiles done")
-        encoding = daemon_state(mnt)["encoder"]["encoding"]
-        assert encoding["files"] == ["/big.png"] and 0 < encoding["tiles_done"] <= encoding["tiles"], encoding
+        wait_for(lambda: "tiles" in daemon_state(mnt)["encoder"]["encoding"][0], 60, "tiles done")
+        (encoding,) = daemon_state(mnt)["encoder"]["encoding"]
+        assert encoding["lane"] == "big images" and encoding["files"] == ["/big.png"], encoding
+        assert 0 < encoding["tiles_done"] <= encoding["tiles"], encoding
         waiting = subprocess.run([sys.executable, "-m", "sdfs", "sync", str(mnt), "--timeout", "1"],
                                  capture_output=True, text=True, timeout=60)
         assert waiting.returncode == 1 and re.search(r"encoding /big\.png \((en|de)code, tile \d+ of \d+\)",

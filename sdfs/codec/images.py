@@ -124,9 +124,19 @@ def screen(head: bytes, size: int, max_pixels: int) -> None:
             f"{kind} file of {size} bytes is larger than an image of at most {max_pixels} pixels "
             f"can be ({limit} bytes)"
         )
-    dimensions = _png_head_dimensions(head) if kind == "PNG" else _jpeg_head_dimensions(head)
+    dimensions = head_dimensions(head)
     if dimensions is not None:
         _check_pixel_count(*dimensions, max_pixels)
+
+
+def head_dimensions(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header of a PNG or JPEG whose first bytes
+    are ``head``, when the header lies inside them; otherwise None."""
+    if head.startswith(_PNG_SIGNATURE):
+        return _png_head_dimensions(head)
+    if head.startswith(b"\xff\xd8\xff"):
+        return _jpeg_head_dimensions(head)
+    return None
 
 
 def _png_head_dimensions(head: bytes) -> tuple[int, int] | None:

@@ -287,16 +287,23 @@ class SharedGroupNorm:
         for norm in self.norms:
             del norm.forward  # back to the class's forward
 
-    def run(self, fn: Callable[[torch.Tensor], torch.Tensor], small: torch.Tensor, tiled: Callable[[], torch.Tensor]):
-        """Record statistics with ``fn(small)``, then call ``tiled()`` using them."""
+    @contextmanager
+    def _installed(self, method):
+        self._patched(method)
         try:
-            self._patched(self._record)
-            fn(small)
-            self._patched(self._apply)
-            return tiled()
+            yield
         finally:
             self._restore()
-            self.stats.clear()
+
+    def recording(self):
+        """Context: the model's GroupNorms record statistics (of the pass made inside)."""
+        return self._installed(self._record)
+
+    def applying(self):
+        """Context: the model's GroupNorms normalize with the recorded statistics.
+        Installed for one pass at a time, with the model held: between the
+        tiles of a big image, another caller's pass runs on the plain model."""
+        return self._installed(self._apply)
 
 
 def _downscale_for_stats(x: torch.Tensor, samples_per_latent: int, max_latent: int, multiple: int) -> torch.Tensor:
@@ -407,7 +414,7 @@ class Vae:
         x = x.to(self.device, self.dtype)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():  # one pass at a time: the model is shared
             out = fn(module, x)
             if self.dtype != torch.float32 and not torch.isfinite(out).all():
                 log.warning("non-finite values in %s; recomputing this batch in float32", self.dtype_name)
@@ -418,7 +425,10 @@ class Vae:
         """A float32 twin for the rare overflowing batch; the shared module is
         never converted in place (other callers may be using it)."""
         if id(module) not in self._fp32_copies:
-            self._fp32_copies[id(module)] = copy.deepcopy(module).float()
+            twin = copy.deepcopy(module).float()
+            for part in twin.modules():  # not a tiled pass's GroupNorm patch, copied with it
+                part.__dict__.pop("forward", None)
+            self._fp32_copies[id(module)] = twin
         return self._fp32_copies[id(module)]
 
     def _encode_tensor(self, x: torch.Tensor) -> torch.Tensor:
@@ -432,11 +442,9 @@ class Vae:
 
     def encode(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, Tiling]]:
         """Encode uint8 images (H, W, 1|3). Images of one padded size share a
-        forward pass; large ones are tiled with this Vae's default tiling."""
-        with self._lock:
-            return self._encode(images)
-
-    def _encode(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, Tiling]]:
+        forward pass; large ones are tiled with this Vae's default tiling.
+        The model is held one forward pass at a time (see _tiled_pass), so
+        callers in other threads interleave with a big image's tiles."""
         factor = self.identity.spatial_factor
         results: list = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
@@ -446,14 +454,9 @@ class Vae:
             if tiling.enabled:
                 x = _pad_to_multiple(_to_model_input(image), factor)
                 small = _downscale_for_stats(x, factor * factor, tiling.stats, factor)
-                latent = SharedGroupNorm(self.model.encoder).run(
-                    self._encode_tensor,
-                    small,
-                    lambda: run_tiled(
-                        self._encode_tensor, x, tiling.tile * factor, tiling.overlap * factor, 1 / factor, self.batch_size,
-                        _tiles_of("encode"),
-                    ),
-                )
+                tile_pass = self._tiled_pass(self._encode_tensor, self.model.encoder, small)
+                latent = run_tiled(tile_pass, x, tiling.tile * factor, tiling.overlap * factor, 1 / factor,
+                                   self.batch_size, _tiles_of("encode"))
                 results[index] = (latent[0].numpy(), tiling)
             else:
                 groups.setdefault((-(-height // factor), -(-width // factor)), []).append(index)
@@ -465,19 +468,29 @@ class Vae:
                     results[i] = (latent.cpu().numpy(), Tiling())
         return results
 
+    def _tiled_pass(self, fn: Callable[[torch.Tensor], torch.Tensor], module: torch.nn.Module, small: torch.Tensor):
+        """``fn`` for the tiles of one image: the whole image's GroupNorm
+        statistics are taken now from ``small`` (a downscaled copy), and every
+        later call installs them on ``module`` for its one pass, the model held."""
+        norms = SharedGroupNorm(module)
+        with self._lock, norms.recording():
+            fn(small)
+
+        def tile_pass(tiles: torch.Tensor) -> torch.Tensor:
+            with self._lock, norms.applying():
+                return fn(tiles)
+
+        return tile_pass
+
     def decode(
         self, items: Sequence[tuple[np.ndarray, Tiling, tuple[int, int]]], fast: bool = False
     ) -> list[np.ndarray]:
-        """Decode (latent, tiling, (height, width)) triples to uint8 (H, W, 3)."""
-        with self._lock:
-            return self._decode(items, fast)
-
-    def _decode(self, items, fast: bool) -> list[np.ndarray]:
+        """Decode (latent, tiling, (height, width)) triples to uint8 (H, W, 3),
+        holding the model one forward pass at a time, as encode() does."""
         decoder = self.fast_decoder if fast else None
         if fast and decoder is None:
             raise ModelUnavailable("no fast decoder is loaded; pass --decoder tiny with a TAESD model")
         decode_fn = decoder.decode_tensor if decoder else self._decode_tensor
-        norms = SharedGroupNorm(decoder.model if decoder else self.model.decoder)
         factor = self.identity.spatial_factor
         results: list = [None] * len(items)
         groups: dict[tuple, list[int]] = {}
@@ -485,10 +498,8 @@ class Vae:
             if tiling.enabled:
                 z = torch.from_numpy(latent)[None]
                 small = _downscale_for_stats(z, 1, tiling.stats, 1)
-                sample = norms.run(
-                    decode_fn, small,
-                    lambda: run_tiled(decode_fn, z, tiling.tile, tiling.overlap, factor, self.batch_size, _tiles_of("decode")),
-                )
+                tile_pass = self._tiled_pass(decode_fn, decoder.model if decoder else self.model.decoder, small)
+                sample = run_tiled(tile_pass, z, tiling.tile, tiling.overlap, factor, self.batch_size, _tiles_of("decode"))
                 results[index] = to_uint8(sample[0, :, : size[0], : size[1]])
             else:
                 groups.setdefault(latent.shape, []).append(index)

@@ -135,16 +135,20 @@ def _left(estimate: tuple[float, bool] | None) -> str:
     return f", {'about' if exact else 'at least'} {_duration(seconds)} left"
 
 
-def describe_encoding(encoding: dict | None) -> str:
-    """The batch in hand, for people: "/a/big.png (decode, tile 12 of 48)"."""
-    if not encoding or not encoding.get("files"):
-        return ""
-    # a name that is no UTF-8 keeps its bytes as surrogates: printable as escapes
-    files = [name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") for name in encoding["files"]]
-    what = files[0] if len(files) == 1 else f"{files[0]} and {len(files) - 1} more"
-    if "tiles" in encoding:
-        what += f" ({encoding['pass']}, tile {encoding['tiles_done']} of {encoding['tiles']})"
-    return what
+def describe_encoding(encoding: list[dict] | None) -> str:
+    """The batches in hand (one a busy lane), for people:
+    "/a/big.png (decode, tile 12 of 48); /b.png and 3 more"."""
+    described = []
+    for batch in encoding or ():
+        if not batch.get("files"):
+            continue
+        # a name that is no UTF-8 keeps its bytes as surrogates: printable as escapes
+        files = [name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") for name in batch["files"]]
+        what = files[0] if len(files) == 1 else f"{files[0]} and {len(files) - 1} more"
+        if "tiles" in batch:
+            what += f" ({batch['pass']}, tile {batch['tiles_done']} of {batch['tiles']})"
+        described.append(what)
+    return "; ".join(described)
 
 
 def _finished(state: dict) -> int | None:

@@ -2,10 +2,14 @@
 Staged bytes are durable before a file is queued, so a crash at any point
 loses nothing: the next mount resumes the queue.
 
-Order of work: files someone fsync()s first, then the queue in inode order,
-leaving out files a writer is still changing. The encoder's VAE work runs at
-background priority, so a reader's decode never waits behind a batch: at most
-behind the one forward pass in progress.
+Two lanes, two threads: images big enough to be encoded in tiles go to their
+own lane, one at a time, and everything else to the files lane, so a huge
+photo never holds up the small files behind it. The lanes share the model one
+forward pass at a time, taking turns (a big image's tiles alternate with
+small files' passes). In each lane: files someone fsync()s first, then the
+queue in inode order, leaving out files a writer is still changing. The
+encoder's VAE work runs at background priority, so a reader's decode never
+waits behind a batch: at most behind the one forward pass in progress.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from ..store import Store
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 30  # a file whose encode or commit failed is tried again after this
+FILES, BIG = "files", "big images"  # the lanes
+# a candidate whose header lies beyond its first 64 KiB (a JPEG behind large
+# metadata) counts as big above this size: about a 16-megapixel photo
+BIG_UNKNOWN_BYTES = 8 << 20
 
 
 class Encoder:
@@ -35,20 +43,22 @@ class Encoder:
         self.batch_size = batch_size or codec.vae.batch_size
         self._swap_guard = lambda ino, generation: contextlib.nullcontext()
         self._busy = frozenset
-        self._wake = threading.Event()
+        self._wakes = {FILES: threading.Event(), BIG: threading.Event()}  # one a lane: each clears its own
         self._changed = threading.Condition()
         self._stopping = False
         self._commit_gate = threading.Lock()  # held by each commit; stop() takes it to end them
-        # the batch in hand: when it started, its inodes, how far its tiled
-        # passes are; replaced whole, never changed, so a reader sees one state
-        self._in_hand: dict | None = None
-        self._paths_memo: tuple[float, dict] | None = None  # (the batch's start, paths of its files) (_paths)
+        # each lane's batch in hand: when it started, its inodes, how far its
+        # tiled passes are; replaced whole, never changed, so a reader sees one state
+        self._in_hand: dict[str, dict | None] = {FILES: None, BIG: None}
+        self._paths_memo: dict[float, dict] = {}  # a batch's start -> paths of its files (_paths)
         self._names: dict[int, str] = {}
         self._urgent: dict[int, None] = {}  # fsync()ed files, in order of asking
+        self._big: dict[int, None] = {}  # files the files lane handed to the big-image lane, in order
         self._retry_after: dict[int, float] = {}
         self.finished = Counter()  # outcomes since start, by verdict prefix
         self._pace: float | None = None  # seconds a file, averaged over the batches done (sdfs sync's estimate)
-        self._thread = threading.Thread(target=self._run, name="sdfs-encoder", daemon=True)
+        self._threads = [threading.Thread(target=self._run, args=(lane,), name=f"sdfs-encoder-{lane.split()[0]}",
+                                          daemon=True) for lane in (FILES, BIG)]
 
     def attach(self, swap_guard, busy) -> None:
         """The filesystem's side: ``swap_guard(ino, generation)`` is held while
@@ -57,10 +67,15 @@ class Encoder:
         self._swap_guard, self._busy = swap_guard, busy
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def notify(self) -> None:
-        self._wake.set()
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        for wake in self._wakes.values():
+            wake.set()
 
     def stop(self, timeout: float | None = None) -> bool:
         """Take no more work, and commit nothing more: an encode in progress
@@ -72,24 +87,25 @@ class Encoder:
         self._stopping = True  # a commit in progress ends first; none starts after this
         if gated:
             self._commit_gate.release()
-        self._wake.set()
+        self._wake_all()
         with self._changed:
             self._changed.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
 
     def in_hand(self) -> int:
-        """Files of the batch being encoded now (abandoned by a stop)."""
-        batch = self._in_hand
-        return len(batch["inodes"]) if batch else 0
+        """Files of the batches being encoded now (abandoned by a stop)."""
+        return sum(len(batch["inodes"]) for batch in self._in_hand.values() if batch)
 
     def wait_for(self, ino: int, timeout: float | None = None) -> bool:
         """Block until ``ino`` has left the queue (encoded or kept verbatim);
         it goes to the front of the queue."""
         with self._changed:
             self._urgent[ino] = None
-        self._wake.set()
+        self._wake_all()
         with self._changed:
             return self._changed.wait_for(lambda: self._stopping or not self.store.is_pending(ino), timeout)
 
@@ -98,28 +114,34 @@ class Encoder:
             return self._changed.wait_for(lambda: self._stopping or not self.store.pending_count(), timeout)
 
     def state(self) -> dict:
-        state = {"running": self._thread.is_alive(), "finished": dict(self.finished),
+        """``encoding``: one entry a busy lane (its files, and how far a tiled
+        pass is); ``batch_seconds``: how long the oldest batch in hand has run."""
+        state = {"running": any(thread.is_alive() for thread in self._threads), "finished": dict(self.finished),
                  "deferred_open_files": len(self._busy()), "urgent": len(self._urgent)}
-        batch = self._in_hand
+        batches = [(lane, batch) for lane, batch in self._in_hand.items() if batch is not None]
         if self._pace is not None:
             state["seconds_per_file"] = round(self._pace, 3)
-        if batch is not None:
-            state["batch_seconds"] = round(time.monotonic() - batch["started"], 1)
-            encoding = {key: value for key, value in batch.items() if key not in ("started", "paths")}
-            encoding["files"] = [self._names.get(ino) or self._paths(batch).get(ino) or f"inode {ino}"
-                                 for ino in batch["inodes"]]
-            state["encoding"] = encoding
+        if batches:
+            now = time.monotonic()
+            state["batch_seconds"] = round(max(now - batch["started"] for _, batch in batches), 1)
+            self._paths_memo = {start: paths for start, paths in self._paths_memo.items()
+                                if any(batch["started"] == start for _, batch in batches)}
+            state["encoding"] = [
+                {"lane": lane, **{key: value for key, value in batch.items() if key != "started"},
+                 "files": [self._names.get(ino) or self._paths(batch).get(ino) or f"inode {ino}"
+                           for ino in batch["inodes"]]}
+                for lane, batch in batches
+            ]
         return state
 
     def _paths(self, batch: dict) -> dict[int, str | None]:
         """Paths of the batch's files whose names the encoder does not know (a
         queue resumed after a remount): one scan of the store's names, the
         first time someone asks (`sdfs sync`, `sdfs stats`), kept for the batch."""
-        memo = self._paths_memo
-        if memo is None or memo[0] != batch["started"]:
-            memo = batch["started"], self.store.paths_of([ino for ino in batch["inodes"] if ino not in self._names])
-            self._paths_memo = memo
-        return memo[1]
+        if batch["started"] not in self._paths_memo:
+            self._paths_memo[batch["started"]] = self.store.paths_of(
+                [ino for ino in batch["inodes"] if ino not in self._names])
+        return self._paths_memo[batch["started"]]
 
     def remember_name(self, ino: int, path: str) -> None:
         """The path a file was written under, so log lines can name it."""
@@ -155,42 +177,54 @@ class Encoder:
 
     # -- the thread
 
-    def _tile_done(self, pass_name: str, done: int, total: int) -> None:
-        batch = self._in_hand
+    def _tile_done(self, lane: str, pass_name: str, done: int, total: int) -> None:
+        batch = self._in_hand[lane]
         if batch is not None:
-            self._in_hand = {**batch, "pass": pass_name, "tiles_done": done, "tiles": total}
+            self._in_hand[lane] = {**batch, "pass": pass_name, "tiles_done": done, "tiles": total}
 
-    def _run(self) -> None:
+    def _run(self, lane: str) -> None:
         from ..codec.vae import reporting_tiles
 
-        with self.codec.vae.background_work(), reporting_tiles(self._tile_done):
+        with self.codec.vae.background_work(), reporting_tiles(lambda *done: self._tile_done(lane, *done)):
             while not self._stopping:
-                self._wake.clear()  # before looking: a notify from now on is not lost
+                wake = self._wakes[lane]
+                wake.clear()  # before looking: a notify from now on is not lost
                 try:
-                    batch = self._next_batch()
+                    batch = self._next_batch(lane)
                     if batch and not self._stopping:
                         started = time.monotonic()
-                        self._in_hand = {"started": started, "inodes": list(batch)}
+                        self._in_hand[lane] = {"started": started, "inodes": list(batch)}
                         try:
-                            self._encode(batch)
+                            self._encode(batch, lane)
                         finally:
-                            per_file = (time.monotonic() - started) / len(batch)
-                            self._pace = per_file if self._pace is None else (self._pace + per_file) / 2
-                            self._in_hand = None
+                            if lane == FILES:  # the pace of the queue: big images run beside it
+                                per_file = (time.monotonic() - started) / len(batch)
+                                self._pace = per_file if self._pace is None else (self._pace + per_file) / 2
+                            self._in_hand[lane] = None
                         continue
                 except Exception as error:  # never let the thread die: say so, back off, go on
                     log.error("the encoder failed (%s); trying again in %d s", error, RETRY_AFTER_S)
                     log.debug("encoder failure", exc_info=True)
-                    self._wake.wait(timeout=RETRY_AFTER_S)
+                    wake.wait(timeout=RETRY_AFTER_S)
                     continue
-                self._wake.wait(timeout=5)
+                wake.wait(timeout=5)
 
-    def _next_batch(self) -> list[int]:
+    def _next_batch(self, lane: str) -> list[int]:
         now = time.monotonic()
         for ino, at in list(self._retry_after.items()):  # expired entries go: the table never outgrows the failures in hand
             if at <= now:
                 del self._retry_after[ino]
         held = self._busy() | set(self._retry_after)
+        if lane == BIG:
+            for ino in [*self._urgent, *self._big]:
+                if ino not in self._big:
+                    continue
+                if not self.store.is_pending(ino):  # settled or gone meanwhile
+                    self._big.pop(ino, None)
+                elif ino not in held:
+                    return [ino]
+            return []
+        held |= set(self._big)
         batch = []
         with self._changed:
             urgent = list(self._urgent)
@@ -206,20 +240,37 @@ class Encoder:
             batch += self.store.pending(self.batch_size - len(batch), skip=lambda ino: ino in held or ino in chosen)
         return batch
 
-    def _encode(self, batch: list[int]) -> None:
+    def _needs_tiles(self, head: bytes, size: int) -> bool:
+        """Whether an image is big enough to be encoded in tiles (judged by
+        its header; one whose header lies beyond ``head`` by its size)."""
+        dimensions = images.head_dimensions(head)
+        if dimensions is None:
+            return size > BIG_UNKNOWN_BYTES
+        width, height = dimensions
+        return self.codec.vae.tiling_for(height, width).enabled
+
+    def _encode(self, batch: list[int], lane: str = FILES) -> None:
         inodes = [self.store.inode(ino) for ino in batch]
         live = [inode for inode in inodes if inode is not None]
         # judged by its first bytes and its size, a file that cannot be an
         # image is never read whole: a video of several GB costs one read of its head
         candidates = []
         for inode in live:
-            outcome = self.screen(self.store.read_raw(inode.ino, 0, images.HEAD_BYTES), inode.size)
+            head = self.store.read_raw(inode.ino, 0, images.HEAD_BYTES)
+            outcome = self.screen(head, inode.size)
             if outcome is not None:
                 self._finish(inode, outcome, inode.size)
+            elif lane == FILES and self._needs_tiles(head, inode.size):
+                self._big[inode.ino] = None  # its own lane: the files behind it go on
+                self._wakes[BIG].set()
             else:
                 candidates.append(inode)
         if candidates:
             self._encode_candidates(candidates)
+        if lane == BIG:
+            for inode in live:
+                if inode.ino not in self._retry_after:
+                    self._big.pop(inode.ino, None)
         for ino in set(batch) - {inode.ino for inode in live}:
             with self._commit_gate:
                 if self._stopping:

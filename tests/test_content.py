@@ -11,7 +11,7 @@ import pytest
 
 from sdfs.fs.content import FileContent
 from sdfs.store import CHUNK, MAX_FILE_SIZE, ROOT, SPECIAL, VERBATIM, Store
-from sdfs.store.store import _INODE, _INODE_V1
+from sdfs.store.store import _INODE, _INODE_V1, STORE_VERSION
 from tests.conftest import STORE_MODEL as MODEL
 
 
@@ -207,7 +207,7 @@ def test_a_format_1_store_reads_as_format_2(tmp_path):
         readonly.close()
     s = Store(path, MODEL)
     try:
-        assert s.format_version() == 2 and s.read_raw(f.ino) == b"v1 bytes"
+        assert s.format_version() == STORE_VERSION and s.read_raw(f.ino) == b"v1 bytes"
         with s.reading() as txn:
             assert [len(k) for k, _ in txn.cursor(db=s.db["chunks"])] == [12]  # read as it is, not rewritten
         content = open_content(s, f.ino)

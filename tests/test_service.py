@@ -294,7 +294,8 @@ def _wait_encoding(mountpoint: Path, seconds: float = 1.0) -> None:
     """Until the encoder has had a batch in hand for ``seconds``."""
     from sdfs.fs.control import daemon_state
 
-    wait_for(lambda: daemon_state(mountpoint)["encoder"].get("batch_seconds", 0) >= seconds, 120, "an encode")
+    wait_for(lambda: any(batch["seconds"] >= seconds for batch in daemon_state(mountpoint)["encoder"].get("encoding", ())),
+             120, "an encode")
 
 
 def _stopped_within(daemon, seconds: float, started: float) -> float:

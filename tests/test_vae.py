@@ -144,3 +144,65 @@ def test_fp16_overflow_falls_back_to_fp32(tiny_vae_dir, monkeypatch):
 
     out = vae._run_checked(vae.model, flaky, torch.zeros(1, 4, 2, 2))
     assert calls == [torch.bfloat16, torch.float32] and torch.isfinite(out).all()
+
+
+def test_a_readers_tiled_decode_holds_the_model_through_its_tiles(tiny_vae_dir):
+    """The encoder's lanes give the model back after every pass; a reader
+    (the foreground) keeps it through all the tiles of its image, so it waits
+    for the pass in progress at most, not once per tile."""
+    import threading
+
+    vae = Vae.load(str(tiny_vae_dir), device="cpu", max_untiled_latent=40 * 40, tile_latent=16, overlap_latent=4)
+    image = kodak_image(8)[:160, :160]
+    ((latent, tiling),) = vae.encode([image])
+    assert tiling.enabled
+    passes, stop = [], threading.Event()
+    run_checked = vae._run_checked
+
+    def noted(*args):  # noted when done: passes run one at a time, so this is their order
+        out = run_checked(*args)
+        passes.append(threading.current_thread().name)
+        return out
+
+    vae._run_checked = noted
+
+    def encoder_lane():
+        with vae.background_work():
+            while not stop.is_set():
+                vae.encode([image[:32, :32]])
+
+    lane = threading.Thread(target=encoder_lane, name="lane")
+    lane.start()
+    try:
+        while passes.count("lane") < 3:  # the lane is busy
+            threading.Event().wait(0.01)
+        vae.decode([(latent, tiling, (160, 160))])
+    finally:
+        stop.set()
+        lane.join()
+    mine = [i for i, name in enumerate(passes) if name == threading.current_thread().name]
+    assert len(mine) > 10  # the statistics pass and the tiles
+    assert passes[mine[0] : mine[-1] + 1].count("lane") == 0, passes[mine[0] : mine[-1] + 1]
+
+
+def test_a_float32_fallback_pass_keeps_the_images_statistics(tiny_vae_dir):
+    """A tile whose half-precision pass overflows is computed again on a
+    float32 twin of the model: with the whole image's GroupNorm statistics,
+    not the tile's own (which would show as a tile of another brightness)."""
+    from sdfs.codec.vae import SharedGroupNorm
+
+    vae = Vae.load(str(tiny_vae_dir), device="cpu")
+    z = torch.randn(1, vae.identity.latent_channels, 32, 32, generator=torch.Generator().manual_seed(0))
+    tile = z[..., :16, :16]
+    norms = SharedGroupNorm(vae.model.decoder)
+    with torch.inference_mode():
+        with norms.recording():
+            vae.model.decode(z)
+        with norms.applying():
+            expected = vae.model.decode(tile).sample
+            twin = vae._fp32_copy(vae.model)  # copied while patched, as in a pass
+            with SharedGroupNorm.mirrored(vae.model, twin):
+                mirrored = twin.decode(tile).sample
+        own_statistics = twin.decode(tile).sample
+    assert torch.allclose(mirrored, expected, atol=1e-5)
+    assert not torch.allclose(own_statistics, expected, atol=1e-2)

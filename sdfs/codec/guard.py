@@ -64,17 +64,31 @@ def _ssim_terms(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return luminance * contrast_structure, contrast_structure
 
 
+_SSIM_BAND_ROWS = 256  # output rows a band: ~50 bytes a sample of temporaries, whatever the image's height
+_WINDOW = 11
+
+
 def ssim(reference: np.ndarray, test: np.ndarray) -> float:
-    """Mean SSIM over colour channels, one channel at a time to bound memory."""
+    """Mean SSIM over colour channels, one channel and one band of rows at a
+    time to bound memory (each output row needs its 11 input rows: bands
+    overlap by 10, and the values are those of one pass over the whole image)."""
     total = 0.0
     channels = reference.shape[2] if reference.ndim == 3 else 1
+    height = reference.shape[0]
     for c in range(channels):
-        x = _as_planes(reference[..., c] if reference.ndim == 3 else reference)
-        y = _as_planes(test[..., c] if test.ndim == 3 else test)
-        if min(x.shape[-2:]) < 11:  # too small for the window: stretch to one window
-            x, y = F.interpolate(x, size=(11, 11)), F.interpolate(y, size=(11, 11))
-        full, _ = _ssim_terms(x, y)
-        total += float(full.double().mean())
+        plane_x = reference[..., c] if reference.ndim == 3 else reference
+        plane_y = test[..., c] if test.ndim == 3 else test
+        if min(plane_x.shape[:2]) < _WINDOW:  # too small for the window: stretch to one window
+            x, y = (F.interpolate(_as_planes(p), size=(_WINDOW, _WINDOW)) for p in (plane_x, plane_y))
+            total += float(_ssim_terms(x, y)[0].double().mean())
+            continue
+        rows_out = height - _WINDOW + 1
+        summed = 0.0
+        for first in range(0, rows_out, _SSIM_BAND_ROWS):
+            last = min(first + _SSIM_BAND_ROWS, rows_out) + _WINDOW - 1
+            full, _ = _ssim_terms(_as_planes(plane_x[first:last]), _as_planes(plane_y[first:last]))
+            summed += float(full.double().sum())
+        total += summed / (rows_out * (plane_x.shape[1] - _WINDOW + 1))
     return total / channels
 
 

@@ -38,6 +38,10 @@ class PriorityLock:
         finally:
             self._local.background = before
 
+    def in_background(self) -> bool:
+        """Whether the calling thread is inside ``background()``."""
+        return getattr(self._local, "background", False)
+
     def _next(self) -> int:
         """The ticket served next: the first foreground waiter, else the first waiter."""
         return next((ticket for ticket, foreground in self._waiting.items() if foreground), next(iter(self._waiting)))
@@ -49,7 +53,7 @@ class PriorityLock:
                 self._depth += 1
                 return self
             ticket = next(self._tickets)
-            self._waiting[ticket] = not getattr(self._local, "background", False)
+            self._waiting[ticket] = not self.in_background()
             try:
                 self._cond.wait_for(lambda: self._owner is None and self._next() == ticket)
             finally:

@@ -17,7 +17,7 @@ import os
 import socket
 import threading
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -220,34 +220,60 @@ def run_tiled(
     scale: float,
     batch: int,
     on_tile: Callable[[int, int], None] | None = None,
-) -> torch.Tensor:
+    emit: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor | None:
     """Apply ``fn`` to overlapping ``tile``-sized windows of ``x`` (1, C, H, W)
     and blend the outputs (which are ``scale`` times larger) with linear ramps.
 
-    Memory is bounded by one batch of tiles plus the output canvas (callers
-    add SharedGroupNorm's statistics pass, bounded by its latent budget).
+    With ``emit``, the blended output goes to ``emit(first_row, rows)`` band
+    by band, top to bottom, as soon as no later tile touches those rows, and
+    nothing is returned: memory is then one batch of tiles plus a band about
+    a tile high, whatever the image's height (callers add SharedGroupNorm's
+    statistics pass, bounded by its latent budget). Without it, the whole
+    output is returned.
     """
     _, _, height, width = x.shape
-    boxes = [(y, x0) for y in _tile_starts(height, tile, overlap) for x0 in _tile_starts(width, tile, overlap)]
+    starts_y, starts_x = _tile_starts(height, tile, overlap), _tile_starts(width, tile, overlap)
+    boxes = [(y, x0) for y in starts_y for x0 in starts_x]  # row by row: bands finish in order
     th, tw = min(tile, height), min(tile, width)
     out_th, out_tw, out_overlap = round(th * scale), round(tw * scale), round(overlap * scale)
-    weight = _ramp(out_th, out_overlap)[:, None] * _ramp(out_tw, out_overlap)[None, :]
-    canvas = None
-    total = torch.zeros(round(height * scale), round(width * scale))
-    done = 0
+    out_height, out_width = round(height * scale), round(width * scale)
+    ramp_y, ramp_x = _ramp(out_th, out_overlap), _ramp(out_tw, out_overlap)
+    weight = ramp_y[:, None] * ramp_x[None, :]
+    # each tile weighs ramp_y (x) ramp_x and the tiles form a grid: the sum of
+    # the weights is the outer product of two sums, no (H, W) array needed
+    total_y, total_x = torch.zeros(out_height), torch.zeros(out_width)
+    for y in starts_y:
+        total_y[round(y * scale) : round(y * scale) + out_th] += ramp_y
+    for x0 in starts_x:
+        total_x[round(x0 * scale) : round(x0 * scale) + out_tw] += ramp_x
+    parts: list[torch.Tensor] = []
+    emit = emit or (lambda first_row, rows: parts.append(rows))
+    band, origin, done = None, 0, 0  # band: the output rows [origin, origin + band height) not yet emitted
     for first in range(0, len(boxes), batch):
         group = boxes[first : first + batch]
         outputs = fn(torch.cat([x[:, :, y : y + th, x0 : x0 + tw] for y, x0 in group])).float().cpu()
-        if canvas is None:
-            canvas = torch.zeros(1, outputs.shape[1], *total.shape)
+        bottom = max(round(y * scale) for y, _ in group) + out_th - origin
+        if band is None or band.shape[2] < bottom:
+            grown = torch.zeros(1, outputs.shape[1], bottom, out_width)
+            if band is not None:
+                grown[:, :, : band.shape[2]] = band
+            band = grown
         for (y, x0), out in zip(group, outputs):
-            oy, ox = round(y * scale), round(x0 * scale)
-            canvas[0, :, oy : oy + out_th, ox : ox + out_tw] += out * weight
-            total[oy : oy + out_th, ox : ox + out_tw] += weight
+            oy, ox = round(y * scale) - origin, round(x0 * scale)
+            band[0, :, oy : oy + out_th, ox : ox + out_tw] += out * weight
             done += 1
             if on_tile:
                 on_tile(done, len(boxes))
-    return canvas / total
+        final = round(boxes[first + batch][0] * scale) if first + batch < len(boxes) else out_height
+        if final > origin:  # no later tile reaches above its own first row
+            rows = final - origin
+            emit(origin, band[:, :, :rows] / (total_y[origin:final, None] * total_x[None, :]))
+            band, origin = band[:, :, rows:].clone(), final
+    return torch.cat(parts, dim=2) if parts else None
+
+
+_patch_in_use = threading.local()  # the SharedGroupNorm patch this thread's pass runs under, if any
 
 
 class SharedGroupNorm:
@@ -257,19 +283,22 @@ class SharedGroupNorm:
     Without this each tile is normalized by its own mean and variance, and
     tiles come out with visibly different brightness and contrast (with the
     random test weights, 18 dB PSNR against the untiled decode).
+
+    Statistics are kept per GroupNorm (its ``key``); a pass runs them on the
+    module of the same name in a float32 twin when it falls back to one.
     """
 
     def __init__(self, model: torch.nn.Module):
         self.norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
         self.stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _record(self, norm: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    def _record(self, key: torch.nn.GroupNorm, norm: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
         grouped = x.float().reshape(x.shape[0], norm.num_groups, -1)
-        self.stats[id(norm)] = (grouped.mean(dim=(0, 2)), grouped.var(dim=(0, 2), unbiased=False))
+        self.stats[id(key)] = (grouped.mean(dim=(0, 2)), grouped.var(dim=(0, 2), unbiased=False))
         return torch.nn.functional.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
 
-    def _apply(self, norm: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-        mean, var = self.stats[id(norm)]
+    def _apply(self, key: torch.nn.GroupNorm, norm: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        mean, var = self.stats[id(key)]
         per_channel = x.shape[1] // norm.num_groups
         shape = (1, -1) + (1,) * (x.ndim - 2)  # attention blocks normalize (B, C, N)
         mean = mean.repeat_interleave(per_channel).reshape(shape)
@@ -279,21 +308,20 @@ class SharedGroupNorm:
             out = out * norm.weight.float().reshape(shape) + norm.bias.float().reshape(shape)
         return out.to(x.dtype)
 
-    def _patched(self, method):
-        for norm in self.norms:
-            norm.forward = (lambda n: lambda x: method(n, x))(norm)
-
-    def _restore(self):
-        for norm in self.norms:
-            del norm.forward  # back to the class's forward
-
     @contextmanager
-    def _installed(self, method):
-        self._patched(method)
+    def _installed(self, method, pairs=None):
+        """``method`` as the forward of each GroupNorm (of ``pairs``: (key, module) to patch)."""
+        pairs = pairs or [(norm, norm) for norm in self.norms]
+        for key, norm in pairs:
+            norm.forward = (lambda k, n: lambda x: method(k, n, x))(key, norm)
+        before = getattr(_patch_in_use, "patch", None)
+        _patch_in_use.patch = (self, method)
         try:
             yield
         finally:
-            self._restore()
+            _patch_in_use.patch = before
+            for _, norm in pairs:
+                del norm.forward  # back to the class's forward
 
     def recording(self):
         """Context: the model's GroupNorms record statistics (of the pass made inside)."""
@@ -305,15 +333,54 @@ class SharedGroupNorm:
         tiles of a big image, another caller's pass runs on the plain model."""
         return self._installed(self._apply)
 
+    @staticmethod
+    @contextmanager
+    def mirrored(root: torch.nn.Module, twin: torch.nn.Module):
+        """Context: the patch this thread's pass runs under (if any), on the
+        same-named GroupNorms of ``twin``, a copy of ``root``."""
+        patch = getattr(_patch_in_use, "patch", None)
+        if patch is None:
+            yield
+            return
+        shared, method = patch
+        names = {id(module): name for name, module in root.named_modules()}
+        twins = dict(twin.named_modules())
+        pairs = [(norm, twins[names[id(norm)]]) for norm in shared.norms if id(norm) in names]
+        with shared._installed(method, pairs):
+            yield
 
-def _downscale_for_stats(x: torch.Tensor, samples_per_latent: int, max_latent: int, multiple: int) -> torch.Tensor:
-    """Area-downscale (1, C, H, W) so that it stands for at most ``max_latent``
-    latent pixels; ``samples_per_latent`` is factor**2 for images, 1 for latents."""
-    height, width = x.shape[-2:]
+
+def _stats_size(height: int, width: int, samples_per_latent: int, max_latent: int, multiple: int) -> list[int]:
+    """The size a (H, W) input is area-downscaled to so that it stands for at
+    most ``max_latent`` latent pixels; ``samples_per_latent`` is factor**2 for
+    images, 1 for latents."""
     ratio = max(1.0, math.sqrt(height * width / samples_per_latent / max_latent))
     # at least 8 samples a side: GroupNorm statistics of a few pixels mean nothing
-    size = [min(side, max(8 * multiple, int(side / ratio) // multiple * multiple)) for side in (height, width)]
+    return [min(side, max(8 * multiple, int(side / ratio) // multiple * multiple)) for side in (height, width)]
+
+
+def _downscale_for_stats(x: torch.Tensor, samples_per_latent: int, max_latent: int, multiple: int) -> torch.Tensor:
+    """Area-downscale (1, C, H, W) for the statistics pass (see _stats_size)."""
+    size = _stats_size(*x.shape[-2:], samples_per_latent, max_latent, multiple)
     return torch.nn.functional.interpolate(x, size=size, mode="area")
+
+
+_BAND_SAMPLES = 1 << 22  # image samples converted to float at a time (16 MB)
+
+
+def _downscale_image_for_stats(pixels: torch.Tensor, factor: int, max_latent: int) -> torch.Tensor:
+    """The same for a uint8 image (1, C, H, W), a band of rows at a time: an
+    area average is separable, so the columns are averaged band by band and
+    the rows then. The image is never whole in float (12 bytes a pixel)."""
+    height, width = pixels.shape[-2:]
+    size = _stats_size(height, width, factor * factor, max_latent, factor)
+    step = max(1, _BAND_SAMPLES // (pixels.shape[1] * width))
+    columns = torch.cat([
+        torch.nn.functional.adaptive_avg_pool2d(_normalised(pixels[:, :, first : first + step]),
+                                                (min(step, height - first), size[1]))
+        for first in range(0, height, step)
+    ], dim=2)
+    return torch.nn.functional.adaptive_avg_pool2d(columns, size)
 
 
 # --------------------------------------------------------------------------- the model
@@ -330,10 +397,30 @@ def _pad_to_multiple(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 def _to_model_input(image: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 1|3) -> float (1, 3, H, W) in [-1, 1]."""
-    tensor = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)
-    if tensor.shape[0] == 1:
-        tensor = tensor.expand(3, -1, -1)
-    return (tensor / 127.5 - 1.0).unsqueeze(0)
+    return _normalised(_uint8_planes(image))
+
+
+def _uint8_planes(image: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, C) -> a uint8 (1, C, H, W) view of the same memory (of a
+    copy when it is read-only, as Pillow's arrays are: torch wants to be able to write)."""
+    image = np.ascontiguousarray(image)
+    if not image.flags.writeable:
+        image = image.copy()
+    return torch.from_numpy(image).permute(2, 0, 1)[None]
+
+
+def _normalised(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 1|3, H, W) -> float (B, 3, H, W) in [-1, 1]."""
+    if pixels.shape[1] == 1:
+        pixels = pixels.expand(-1, 3, -1, -1)
+    return pixels.float() / 127.5 - 1.0
+
+
+def _padded_image(image: np.ndarray, factor: int) -> np.ndarray:
+    """The image padded to a multiple of ``factor`` by repeating its last row
+    and column (what _pad_to_multiple does to a float tensor), in uint8."""
+    pad_h, pad_w = -image.shape[0] % factor, -image.shape[1] % factor
+    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge") if pad_h or pad_w else image
 
 
 def to_uint8(sample: torch.Tensor) -> np.ndarray:
@@ -418,7 +505,9 @@ class Vae:
             out = fn(module, x)
             if self.dtype != torch.float32 and not torch.isfinite(out).all():
                 log.warning("non-finite values in %s; recomputing this batch in float32", self.dtype_name)
-                out = fn(self._fp32_copy(module), x.float())
+                twin = self._fp32_copy(module)
+                with SharedGroupNorm.mirrored(module, twin):  # a tile keeps its image's statistics
+                    out = fn(twin, x.float())
         return out.float()
 
     def _fp32_copy(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -451,12 +540,13 @@ class Vae:
         for index, image in enumerate(images):
             height, width = image.shape[:2]
             tiling = self.tiling_for(height, width)
-            if tiling.enabled:
-                x = _pad_to_multiple(_to_model_input(image), factor)
-                small = _downscale_for_stats(x, factor * factor, tiling.stats, factor)
-                tile_pass = self._tiled_pass(self._encode_tensor, self.model.encoder, small)
-                latent = run_tiled(tile_pass, x, tiling.tile * factor, tiling.overlap * factor, 1 / factor,
-                                   self.batch_size, _tiles_of("encode"))
+            if tiling.enabled:  # the image stays uint8: each tile is made float on its way in
+                pixels = _uint8_planes(_padded_image(image, factor))
+                small = _downscale_image_for_stats(pixels, factor, tiling.stats)
+                with self._whole_call():
+                    tile_pass = self._tiled_pass(self._encode_tensor, self.model.encoder, small)
+                    latent = run_tiled(lambda tiles: tile_pass(_normalised(tiles)), pixels, tiling.tile * factor,
+                                       tiling.overlap * factor, 1 / factor, self.batch_size, _tiles_of("encode"))
                 results[index] = (latent[0].numpy(), tiling)
             else:
                 groups.setdefault((-(-height // factor), -(-width // factor)), []).append(index)
@@ -467,6 +557,12 @@ class Vae:
                 for i, latent in zip(chunk, self._encode_tensor(x)):
                     results[i] = (latent.cpu().numpy(), Tiling())
         return results
+
+    def _whole_call(self):
+        """Context for a tiled image: a foreground caller (a reader) holds the
+        model through all its tiles, so it never waits behind the encoder
+        between two of them; the encoder's lanes give it back after each pass."""
+        return nullcontext() if self._lock.in_background() else self._lock
 
     def _tiled_pass(self, fn: Callable[[torch.Tensor], torch.Tensor], module: torch.nn.Module, small: torch.Tensor):
         """``fn`` for the tiles of one image: the whole image's GroupNorm
@@ -498,9 +594,18 @@ class Vae:
             if tiling.enabled:
                 z = torch.from_numpy(latent)[None]
                 small = _downscale_for_stats(z, 1, tiling.stats, 1)
-                tile_pass = self._tiled_pass(decode_fn, decoder.model if decoder else self.model.decoder, small)
-                sample = run_tiled(tile_pass, z, tiling.tile, tiling.overlap, factor, self.batch_size, _tiles_of("decode"))
-                results[index] = to_uint8(sample[0, :, : size[0], : size[1]])
+                image = np.empty((*size, 3), np.uint8)  # filled band by band: never whole in float
+
+                def emit(first_row: int, rows: torch.Tensor, image=image, size=size) -> None:
+                    last_row = min(first_row + rows.shape[2], size[0])
+                    if first_row < last_row:
+                        image[first_row:last_row] = to_uint8(rows[0, :, : last_row - first_row, : size[1]])
+
+                with self._whole_call():
+                    tile_pass = self._tiled_pass(decode_fn, decoder.model if decoder else self.model.decoder, small)
+                    run_tiled(tile_pass, z, tiling.tile, tiling.overlap, factor, self.batch_size, _tiles_of("decode"),
+                              emit)
+                results[index] = image
             else:
                 groups.setdefault(latent.shape, []).append(index)
         for members in groups.values():

@@ -138,6 +138,8 @@ def _left(estimate: tuple[float, bool] | None) -> str:
 def describe_encoding(encoding: list[dict] | None) -> str:
     """The batches in hand (one a busy lane), for people:
     "/a/big.png (decode, tile 12 of 48); /b.png and 3 more"."""
+    if isinstance(encoding, dict):  # a daemon of sdfs before the encoder's lanes
+        encoding = [encoding]
     described = []
     for batch in encoding or ():
         if not batch.get("files"):

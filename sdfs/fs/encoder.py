@@ -114,8 +114,10 @@ class Encoder:
             return self._changed.wait_for(lambda: self._stopping or not self.store.pending_count(), timeout)
 
     def state(self) -> dict:
-        """``encoding``: one entry a busy lane (its files, and how far a tiled
-        pass is); ``batch_seconds``: how long the oldest batch in hand has run."""
+        """``encoding``: one entry a busy lane (its files, how long it has been
+        at them, and how far a tiled pass is); ``batch_seconds``: how long the
+        files lane's batch has run (with ``seconds_per_file``, that lane's
+        pace, what `sdfs sync` estimates from)."""
         state = {"running": any(thread.is_alive() for thread in self._threads), "finished": dict(self.finished),
                  "deferred_open_files": len(self._busy()), "urgent": len(self._urgent)}
         batches = [(lane, batch) for lane, batch in self._in_hand.items() if batch is not None]
@@ -123,11 +125,13 @@ class Encoder:
             state["seconds_per_file"] = round(self._pace, 3)
         if batches:
             now = time.monotonic()
-            state["batch_seconds"] = round(max(now - batch["started"] for _, batch in batches), 1)
+            if self._in_hand[FILES] is not None:
+                state["batch_seconds"] = round(now - self._in_hand[FILES]["started"], 1)
             self._paths_memo = {start: paths for start, paths in self._paths_memo.items()
                                 if any(batch["started"] == start for _, batch in batches)}
             state["encoding"] = [
-                {"lane": lane, **{key: value for key, value in batch.items() if key != "started"},
+                {"lane": lane, "seconds": round(now - batch["started"], 1),
+                 **{key: value for key, value in batch.items() if key != "started"},
                  "files": [self._names.get(ino) or self._paths(batch).get(ino) or f"inode {ino}"
                            for ino in batch["inodes"]]}
                 for lane, batch in batches
@@ -197,8 +201,9 @@ class Encoder:
                         try:
                             self._encode(batch, lane)
                         finally:
-                            if lane == FILES:  # the pace of the queue: big images run beside it
-                                per_file = (time.monotonic() - started) / len(batch)
+                            encoded = len(self._in_hand[lane]["inodes"])  # less the files handed to the big lane
+                            if lane == FILES and encoded:  # the pace of the queue: big images run beside it
+                                per_file = (time.monotonic() - started) / encoded
                                 self._pace = per_file if self._pace is None else (self._pace + per_file) / 2
                             self._in_hand[lane] = None
                         continue
@@ -213,7 +218,7 @@ class Encoder:
         now = time.monotonic()
         for ino, at in list(self._retry_after.items()):  # expired entries go: the table never outgrows the failures in hand
             if at <= now:
-                del self._retry_after[ino]
+                self._retry_after.pop(ino, None)  # the other lane may have taken it out first
         held = self._busy() | set(self._retry_after)
         if lane == BIG:
             for ino in [*self._urgent, *self._big]:
@@ -265,6 +270,10 @@ class Encoder:
                 self._wakes[BIG].set()
             else:
                 candidates.append(inode)
+        handed = set(self._big).intersection(batch) if lane == FILES else set()
+        if handed:  # the batch in hand is what this lane still encodes
+            hand = self._in_hand[lane]
+            self._in_hand[lane] = {**hand, "inodes": [ino for ino in hand["inodes"] if ino not in handed]}
         if candidates:
             self._encode_candidates(candidates)
         if lane == BIG:

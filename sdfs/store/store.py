@@ -27,8 +27,10 @@ from .mapped import MappedPages
 
 log = logging.getLogger(__name__)
 
-STORE_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # a version-1 store is read as it is, and marked 2 when opened for writing
+STORE_VERSION = 3
+# older stores are read as they are, and marked 3 when opened for writing (docs/FORMAT.md):
+# 3 only says that records may be of record format 2, which an sdfs reading format 1 cannot decode
+READABLE_VERSIONS = (1, 2, 3)
 ROOT = 1
 CHUNK = 1 << 20  # verbatim and staged bytes are stored in chunks of at most 1 MiB
 # chunk indexes are u32: the largest file a store can hold (a larger truncate answers EFBIG)
@@ -335,7 +337,7 @@ class Store:
             if int(version) not in READABLE_VERSIONS:
                 raise StoreError(f"store {self.path} has format version {int(version)}; this sdfs reads versions "
                                  f"{', '.join(map(str, READABLE_VERSIONS))}: upgrade sdfs")
-            if int(version) != STORE_VERSION:  # v1 data reads as v2 (docs/FORMAT.md): only the mark changes
+            if int(version) != STORE_VERSION:  # older data reads as it is (docs/FORMAT.md): only the mark changes
                 txn.put(b"format", str(STORE_VERSION).encode(), db=meta)
                 log.info("store %s: format version %d marked %d", self.path, int(version), STORE_VERSION)
             stored = txn.get(b"model", db=meta)

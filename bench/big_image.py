@@ -56,12 +56,12 @@ print(json.dumps({"loaded_mb": loaded, "peak_mb": peak, "seconds": seconds, **ex
 
 
 def photo(megapixels: float, path: Path) -> tuple[int, int]:
-    """A photo-like PNG of about ``megapixels``: Kodak images tiled (mirrored so edges meet)."""
+    """A photo-like PNG of about ``megapixels``: 512x512 crops of the Kodak images side by side."""
     import numpy as np
     from PIL import Image
 
-    tiles = [np.asarray(Image.open(KODAK / f"kodim{i:02d}.png").convert("RGB"))[:512, :768] for i in range(1, 25)]
-    side = (megapixels * 1e6 / (512 * 768)) ** 0.5
+    tiles = [np.asarray(Image.open(KODAK / f"kodim{i:02d}.png").convert("RGB"))[:512, :512] for i in range(1, 25)]
+    side = (megapixels * 1e6 / (512 * 512)) ** 0.5
     rows, cols = max(1, round(side)), max(1, round(side))
     grid = [[tiles[(r * cols + c) % len(tiles)] for c in range(cols)] for r in range(rows)]
     pixels = np.concatenate([np.concatenate(row, axis=1) for row in grid], axis=0)

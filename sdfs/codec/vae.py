@@ -311,7 +311,7 @@ class SharedGroupNorm:
     @contextmanager
     def _installed(self, method, pairs=None):
         """``method`` as the forward of each GroupNorm (of ``pairs``: (key, module) to patch)."""
-        pairs = pairs or [(norm, norm) for norm in self.norms]
+        pairs = [(norm, norm) for norm in self.norms] if pairs is None else pairs
         for key, norm in pairs:
             norm.forward = (lambda k, n: lambda x: method(k, n, x))(key, norm)
         before = getattr(_patch_in_use, "patch", None)

@@ -125,8 +125,9 @@ class Encoder:
             state["seconds_per_file"] = round(self._pace, 3)
         if batches:
             now = time.monotonic()
-            if self._in_hand[FILES] is not None:
-                state["batch_seconds"] = round(now - self._in_hand[FILES]["started"], 1)
+            files = dict(batches).get(FILES)  # the lane may finish meanwhile: read its state once
+            if files is not None:
+                state["batch_seconds"] = round(now - files["started"], 1)
             self._paths_memo = {start: paths for start, paths in self._paths_memo.items()
                                 if any(batch["started"] == start for _, batch in batches)}
             state["encoding"] = [
@@ -259,18 +260,18 @@ class Encoder:
         live = [inode for inode in inodes if inode is not None]
         # judged by its first bytes and its size, a file that cannot be an
         # image is never read whole: a video of several GB costs one read of its head
-        candidates = []
+        candidates, handed = [], set()
         for inode in live:
             head = self.store.read_raw(inode.ino, 0, images.HEAD_BYTES)
             outcome = self.screen(head, inode.size)
             if outcome is not None:
                 self._finish(inode, outcome, inode.size)
             elif lane == FILES and self._needs_tiles(head, inode.size):
+                handed.add(inode.ino)
                 self._big[inode.ino] = None  # its own lane: the files behind it go on
                 self._wakes[BIG].set()
             else:
                 candidates.append(inode)
-        handed = set(self._big).intersection(batch) if lane == FILES else set()
         if handed:  # the batch in hand is what this lane still encodes
             hand = self._in_hand[lane]
             self._in_hand[lane] = {**hand, "inodes": [ino for ino in hand["inodes"] if ino not in handed]}

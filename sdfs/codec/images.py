@@ -24,7 +24,7 @@ from sdfs.errors import NotACandidate
 
 DEFAULT_MAX_PIXELS = 50_000_000
 
-_CHANNELS = {"L": 1, "RGB": 3, "LA": 2, "RGBA": 4}
+CHANNELS = {"L": 1, "RGB": 3, "LA": 2, "RGBA": 4}
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def probe(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> SourceImage:
     try:
         if not data:
             raise NotACandidate("empty file: there is no image to store as latents")
-        if data.startswith(_PNG_SIGNATURE):
+        if data.startswith(PNG_SIGNATURE):
             return _probe_png(data, max_pixels)
         if data.startswith(b"\xff\xd8\xff"):
             return _probe_jpeg(data, max_pixels)
@@ -112,7 +112,7 @@ def screen(head: bytes, size: int, max_pixels: int) -> None:
     Returning means only "worth reading whole": probe() decides."""
     if not size or not head:
         raise NotACandidate("empty file: there is no image to store as latents")
-    if head.startswith(_PNG_SIGNATURE):
+    if head.startswith(PNG_SIGNATURE):
         kind = "PNG"
     elif head.startswith(b"\xff\xd8\xff"):
         kind = "JPEG"
@@ -132,7 +132,7 @@ def screen(head: bytes, size: int, max_pixels: int) -> None:
 def head_dimensions(head: bytes) -> tuple[int, int] | None:
     """(width, height) from the header of a PNG or JPEG whose first bytes
     are ``head``, when the header lies inside them; otherwise None."""
-    if head.startswith(_PNG_SIGNATURE):
+    if head.startswith(PNG_SIGNATURE):
         return _png_head_dimensions(head)
     if head.startswith(b"\xff\xd8\xff"):
         return _jpeg_head_dimensions(head)
@@ -224,7 +224,7 @@ def _split_alpha(samples: np.ndarray, has_alpha: bool) -> tuple[np.ndarray, np.n
 
 # ---- PNG -------------------------------------------------------------------
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_CRITICAL = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND"})
 _PNG_METADATA_CHUNKS = frozenset(
     {b"iCCP", b"sRGB", b"gAMA", b"cHRM", b"cICP", b"sBIT", b"pHYs",
@@ -269,7 +269,7 @@ def _png_chunks(data: bytes) -> list[_PngChunk]:
     """Walk every chunk up to IEND, verifying each CRC and the file's end."""
     view = memoryview(data)
     chunks: list[_PngChunk] = []
-    pos = len(_PNG_SIGNATURE)
+    pos = len(PNG_SIGNATURE)
     while not chunks or chunks[-1].type != b"IEND":
         if len(chunks) >= _PNG_MAX_CHUNKS:
             raise NotACandidate("PNG has an implausible number of chunks")
@@ -369,7 +369,7 @@ def _png_metadata(
         if chunk.type not in keep:
             continue
         # sBIT has one byte per channel; a tRNS key that became alpha adds one.
-        if chunk.type == b"sBIT" and len(chunk.payload(data)) != _CHANNELS[mode]:
+        if chunk.type == b"sBIT" and len(chunk.payload(data)) != CHANNELS[mode]:
             continue
         kept.append(data[chunk.start : chunk.end])
     return b"".join(kept)
@@ -377,8 +377,9 @@ def _png_metadata(
 
 # ---- JPEG ------------------------------------------------------------------
 
-_SOI, _EOI, _SOS, _COM, _APP14 = 0xD8, 0xD9, 0xDA, 0xFE, 0xEE
-_APP_MARKERS = frozenset(range(0xE0, 0xF0))
+_SOI, _EOI, _SOS, _APP14 = 0xD8, 0xD9, 0xDA, 0xEE
+JPEG_COM = 0xFE  # output.py skips these and APPn segments of Pillow's encodes
+JPEG_APP_MARKERS = frozenset(range(0xE0, 0xF0))
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # minus DHT, JPG, DAC
 _STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0..7
 # A marker: fill bytes then a non-0xFF code.  Anchored use only (match).
@@ -468,7 +469,7 @@ def _note_jpeg_segment(layout: _JpegLayout, marker: int, segment: bytes, in_scan
     # original encoder's colour transform, which our re-encode does not use.
     before_frame = layout.frame is None and not in_scan
     is_adobe = marker == _APP14 and payload.startswith(b"Adobe")
-    if before_frame and (marker in _APP_MARKERS or marker == _COM) and not is_adobe:
+    if before_frame and (marker in JPEG_APP_MARKERS or marker == JPEG_COM) and not is_adobe:
         layout.metadata.append(segment)
 
 

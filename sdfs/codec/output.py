@@ -32,12 +32,11 @@ from PIL.JpegPresets import presets as _JPEG_PRESETS
 
 from sdfs.errors import OutputEncodingError
 
-from .images import OutputSpec
+from .images import CHANNELS, JPEG_APP_MARKERS, JPEG_COM, PNG_SIGNATURE, OutputSpec
 
 PNG_DEFLATE, PNG_STORED, JPEG = "png-deflate", "png-stored", "jpeg"
 CODINGS = {"PNG": (PNG_DEFLATE, PNG_STORED), "JPEG": (JPEG,)}
 
-_CHANNELS = {"L": 1, "RGB": 3, "LA": 2, "RGBA": 4}
 _MIN_HEADROOM = 64
 _HEADROOM_DIVISOR = 50  # 2 % of the natural size
 
@@ -123,7 +122,6 @@ def _check_planes(
 
 # ---- PNG: the frame both codings share ----------------------------------------
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _IDAT_MAX = 1 << 20  # IDAT payload size; any value works, this keeps chunks modest
 _CHUNK_FRAME = 12  # length, type and CRC around every chunk's payload
 _PAD_CHUNK = b"sdPd"  # ancillary, private, safe to copy: viewers skip it
@@ -131,7 +129,7 @@ _PAD_CHUNK = b"sdPd"  # ancillary, private, safe to copy: viewers skip it
 
 def _png_frame_length(spec: OutputSpec) -> int:
     """Signature, IHDR, metadata and IEND: everything but the IDATs and padding."""
-    return len(_PNG_SIGNATURE) + _CHUNK_FRAME + 13 + len(spec.metadata) + _CHUNK_FRAME
+    return len(PNG_SIGNATURE) + _CHUNK_FRAME + 13 + len(spec.metadata) + _CHUNK_FRAME
 
 
 def _assemble_png(spec: OutputSpec, idat: list, pad: int) -> bytes:
@@ -139,7 +137,7 @@ def _assemble_png(spec: OutputSpec, idat: list, pad: int) -> bytes:
     (0, or a whole sdPd chunk of at least 12), IEND."""
     colour_type = {"L": 0, "RGB": 2, "LA": 4, "RGBA": 6}[spec.mode]
     ihdr = struct.pack(">IIBBBBB", spec.width, spec.height, 8, colour_type, 0, 0, 0)
-    pieces = [_PNG_SIGNATURE, *_png_chunk(b"IHDR", ihdr), spec.metadata, *idat]
+    pieces = [PNG_SIGNATURE, *_png_chunk(b"IHDR", ihdr), spec.metadata, *idat]
     if pad:
         pieces += _png_chunk(_PAD_CHUNK, bytes(pad - _CHUNK_FRAME))
     pieces += _png_chunk(b"IEND", b"")
@@ -195,7 +193,7 @@ def _render_deflate_png(spec: OutputSpec, pixels: np.ndarray, alpha: np.ndarray 
 
 def _deflate_idat(spec: OutputSpec, pixels: np.ndarray, alpha: np.ndarray | None, cleared_bits: int) -> list:
     """IDAT chunks of the filtered rows, zlib-compressed strip by strip."""
-    channels = _CHANNELS[spec.mode]
+    channels = CHANNELS[spec.mode]
     row_samples = spec.width * channels
     keep_mask = (0xFF << cleared_bits) & 0xFF
     compressor = zlib.compressobj(_ZLIB_LEVEL, zlib.DEFLATED, 15, 9)
@@ -240,7 +238,7 @@ _ZLIB_STORED_HEADER = b"\x78\x01"  # deflate, 32 KiB window, no dictionary, "fas
 
 
 def _stored_png_length(spec: OutputSpec) -> int:
-    raw = spec.height * (1 + spec.width * _CHANNELS[spec.mode])
+    raw = spec.height * (1 + spec.width * CHANNELS[spec.mode])
     stream = len(_ZLIB_STORED_HEADER) + raw + 5 * _ceil_div(raw, _STORED_MAX) + 4
     idat_frames = _CHUNK_FRAME * _ceil_div(stream, _IDAT_MAX)
     return _png_frame_length(spec) + stream + idat_frames
@@ -252,7 +250,7 @@ def _render_stored_png(spec: OutputSpec, pixels: np.ndarray, alpha: np.ndarray |
         raise OutputEncodingError(
             f"this uncompressed PNG always encodes to {expected} bytes, but {length} were recorded"
         )
-    rows = np.empty((spec.height, 1 + spec.width * _CHANNELS[spec.mode]), np.uint8)
+    rows = np.empty((spec.height, 1 + spec.width * CHANNELS[spec.mode]), np.uint8)
     rows[:, 0] = 0  # filter type None
     rows[:, 1:] = _samples(pixels, alpha, slice(None), 0xFF)
     return _assemble_png(spec, _idat_chunks(_stored_zlib(memoryview(rows.reshape(-1)))), 0)
@@ -279,8 +277,6 @@ def _ceil_div(a: int, b: int) -> int:
 _JPEG_MAX_NOTCHES = 20  # 1.1 ** 20 ~ 6.7x coarser tables at worst
 _COM_MIN, _COM_MAX = 4, 4 + 65533  # segment bytes: FF FE, length, payload
 _PAD_TAG = b"sdfs-pad"
-_APP_MARKERS = frozenset(range(0xE0, 0xF0))
-_COM = 0xFE
 # Tables for a JPEG spec that carries none (e.g. a lossless JPEG source).
 _DEFAULT_QTABLES = _JPEG_PRESETS["web_very_high"]["quantization"]
 
@@ -317,7 +313,7 @@ def _jpeg_body(spec: OutputSpec, pixels: np.ndarray, tables: list[np.ndarray]) -
     image.save(buffer, "JPEG", **options)
     encoded = buffer.getvalue()
     pos = 2  # after SOI; skip Pillow's JFIF (and any other) header segments
-    while encoded[pos + 1] in _APP_MARKERS or encoded[pos + 1] == _COM:
+    while encoded[pos + 1] in JPEG_APP_MARKERS or encoded[pos + 1] == JPEG_COM:
         pos += 2 + ((encoded[pos + 2] << 8) | encoded[pos + 3])
     return encoded[pos:]
 

@@ -386,20 +386,6 @@ def _downscale_image_for_stats(pixels: torch.Tensor, factor: int, max_latent: in
 # --------------------------------------------------------------------------- the model
 
 
-def _pad_to_multiple(x: torch.Tensor, factor: int) -> torch.Tensor:
-    height, width = x.shape[-2:]
-    pad_h, pad_w = -height % factor, -width % factor
-    if not (pad_h or pad_w):
-        return x
-    # replicate rather than zero: a black border would bleed into the edge pixels
-    return torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-
-
-def _to_model_input(image: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, 1|3) -> float (1, 3, H, W) in [-1, 1]."""
-    return _normalised(_uint8_planes(image))
-
-
 def _uint8_planes(image: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, C) -> a uint8 (1, C, H, W) view of the same memory (of a
     copy when it is read-only, as Pillow's arrays are: torch wants to be able to write)."""
@@ -418,7 +404,7 @@ def _normalised(pixels: torch.Tensor) -> torch.Tensor:
 
 def _padded_image(image: np.ndarray, factor: int) -> np.ndarray:
     """The image padded to a multiple of ``factor`` by repeating its last row
-    and column (what _pad_to_multiple does to a float tensor), in uint8."""
+    and column (a black border would bleed into the edge pixels), in uint8."""
     pad_h, pad_w = -image.shape[0] % factor, -image.shape[1] % factor
     return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge") if pad_h or pad_w else image
 
@@ -553,7 +539,7 @@ class Vae:
         for members in groups.values():
             for first in range(0, len(members), self.batch_size):
                 chunk = members[first : first + self.batch_size]
-                x = torch.cat([_pad_to_multiple(_to_model_input(images[i]), factor) for i in chunk])
+                x = torch.cat([_normalised(_uint8_planes(_padded_image(images[i], factor))) for i in chunk])
                 for i, latent in zip(chunk, self._encode_tensor(x)):
                     results[i] = (latent.cpu().numpy(), Tiling())
         return results
